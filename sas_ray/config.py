@@ -1,0 +1,281 @@
+"""Typed configuration: one dataclass per stage, loaded from YAML plus ``--section.key`` flags.
+
+A config file mirrors the dataclasses::
+
+    train:
+      epochs: 20
+      batch_size: 256
+    sweep:
+      fractions: [0.2, 0.4]
+
+and every key can be overridden on the command line with the same dotted name,
+``sas-ray pipeline --config cfg.yaml --train.epochs 5 --sweep.fractions 0.2,0.6``.
+Values on the command line are parsed as YAML scalars/lists, then coerced to the field's type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sas_ray.errors import SasRayError
+
+
+class ConfigError(SasRayError):
+    """A config key or value is wrong; the message names the key and the fix."""
+
+
+@dataclass
+class RunConfig:
+    """Where outputs go and how Ray is reached."""
+
+    name: str = "quickstart"
+    storage: str = "outputs"  # local dir or s3://bucket/prefix; every stage writes below it
+    seed: int = 0
+    ray_address: str | None = None  # None: $RAY_ADDRESS if set, else a local Ray instance
+    num_cpus: int | None = None  # local Ray only; None lets Ray count cores
+    object_store_mb: int | None = None  # local Ray only; None lets Ray size it
+
+
+@dataclass
+class DataConfig:
+    """Image source and shard format."""
+
+    source: str = "synthetic"  # synthetic | ImageFolder dir/tar(.gz) | idx:DIR | torchvision:NAME
+    shard_size: int = 4096  # images per Parquet file
+    on_corrupt: str = "fail"  # fail | skip: what ingest does with an undecodable image
+    download: bool = False  # torchvision sources: allow a download
+    synthetic_classes: int = 4
+    synthetic_train_per_class: int = 64
+    synthetic_test_per_class: int = 16
+    synthetic_size: int = 32
+    image_size: int = 32  # side length the models see
+
+
+@dataclass
+class ModelConfig:
+    """Backbone and projection head."""
+
+    arch: str = "resnet10"  # resnet10 | resnet18 | resnet50
+    width: float = 0.25  # channel multiplier (1.0 = torchvision widths)
+    proj_dim: int = 128
+    proj_hidden: int | None = None  # None: backbone feature dim
+
+
+@dataclass
+class TrainConfig:
+    """SimCLR training (reference recipe: Adam 1e-3, wd 1e-6, temperature 0.5, batch 512)."""
+
+    epochs: int = 3
+    batch_size: int = 128
+    optimizer: str = "adam"  # adam | sgd | lars
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    momentum: float = 0.9
+    warmup_epochs: int = 0  # sgd/lars: linear warm-up, then cosine
+    temperature: float = 0.5
+    num_workers: int = 1  # Ray Train workers
+    use_gpu: str = "auto"  # auto | true | false
+    amp: bool = True  # mixed precision when on GPU
+    checkpoint_every: int = 1  # epochs
+    max_failures: int = 2  # Ray Train FailureConfig
+    knn_every: int = 0  # online kNN accuracy every N epochs (0: off)
+
+
+@dataclass
+class EvalConfig:
+    """Linear probe and kNN on frozen features."""
+
+    probe: str = "lbfgs"  # lbfgs | sgd
+    probe_epochs: int = 100
+    probe_l2: float = 1e-4
+    knn_k: int = 200
+    knn_t: float = 0.1
+    batch_size: int = 512
+
+
+@dataclass
+class ProxyConfig:
+    """The proxy encoder whose embeddings drive selection."""
+
+    checkpoint: str | None = None  # a sas-ray checkpoint or torchvision weights file; None: train
+    epochs: int = 3  # epochs of the proxy SimCLR run when no checkpoint is given
+
+
+@dataclass
+class EmbedConfig:
+    """Ray Data embedding stage."""
+
+    views: int = 2  # augmented views per image; 0 = the un-augmented image
+    dtype: str = "float32"  # float32 | float16
+    batch_size: int = 256
+    num_actors: int = 2
+    feature: str = "projection"  # projection | backbone
+
+
+@dataclass
+class LatentConfig:
+    """Approximate latent classes."""
+
+    method: str = "labels"  # labels | few-labels | kmeans
+    k: int = 10  # kmeans clusters
+    label_fraction: float = 0.01  # few-labels: fraction of labels revealed
+
+
+@dataclass
+class SelectConfig:
+    """Subset selection."""
+
+    strategies: list[str] = field(default_factory=lambda: ["sas", "random"])
+    similarity_floor: float | None = None  # clip similarities below this (reference: 0.0)
+    double_greedy: bool = False
+    block_size: int = 4096
+    num_workers: int = 2  # parallel Ray tasks over latent classes
+
+
+@dataclass
+class SweepConfig:
+    """Ray Tune sweep over strategy x fraction x seed."""
+
+    fractions: list[float] = field(default_factory=lambda: [0.3, 0.6])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    include_full: bool = True
+    max_concurrent: int = 1
+    max_failures: int = 1
+
+
+@dataclass
+class AnalyzeConfig:
+    """Report settings."""
+
+    tolerance: float = 0.5  # accuracy points from full data that count as "no loss"
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    latent: LatentConfig = field(default_factory=LatentConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Coerce a YAML-parsed value to the annotated field type ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _coerce(value, args[0], key)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [yaml.safe_load(v) for v in value.split(",") if v.strip()]
+        elif not isinstance(value, list | tuple):
+            value = [value]
+        return [_coerce(v, item_tp, key) for v in value]
+    try:
+        if tp is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if tp is float and isinstance(value, int | float | str):
+            return float(value)
+        if tp is int and isinstance(value, int | str) and not isinstance(value, bool):
+            return int(value)
+        if tp is str:
+            return str(value)
+    except ValueError:
+        pass
+    else:
+        if isinstance(value, tp):
+            return value
+    raise ConfigError(f"config key '{key}': cannot read {value!r} as {tp.__name__}; fix the value")
+
+
+def _section_types(section: Any) -> dict[str, Any]:
+    return typing.get_type_hints(type(section))
+
+
+def apply(cfg: Config, updates: dict[str, Any]) -> Config:
+    """Apply ``{"train.epochs": 5, ...}`` or nested ``{"train": {"epochs": 5}}`` in place."""
+    flat: dict[str, Any] = {}
+    for key, value in updates.items():
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                flat[f"{key}.{sub}"] = v
+        else:
+            flat[key] = value
+    for key, value in flat.items():
+        section_name, _, name = key.partition(".")
+        section = getattr(cfg, section_name, None)
+        if section is None or not dataclasses.is_dataclass(section):
+            sections = ", ".join(f.name for f in dataclasses.fields(cfg))
+            raise ConfigError(f"unknown config section '{section_name}' (in '{key}'); "
+                              f"sections are: {sections}")
+        types_ = _section_types(section)
+        if name not in types_:
+            raise ConfigError(f"unknown config key '{key}'; keys of '{section_name}' are: "
+                              f"{', '.join(types_)}")
+        setattr(section, name, _coerce(value, types_[name], key))
+    return cfg
+
+
+def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Built-in defaults, then the YAML file (if any), then ``overrides``."""
+    cfg = Config()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist; pass an existing YAML file "
+                              "(see configs/)")
+        data = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of sections")
+        apply(cfg, data)
+    if overrides:
+        apply(cfg, overrides)
+    return cfg
+
+
+def parse_overrides(argv: list[str]) -> dict[str, Any]:
+    """Turn ``["--train.epochs", "5", "--sweep.seeds=0,1"]`` into ``{"train.epochs": 5, ...}``."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--") or "." not in arg:
+            raise ConfigError(f"unrecognised argument {arg!r}; config overrides look like "
+                              "--section.key VALUE")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(argv):
+                raise ConfigError(f"config override {arg} needs a value")
+            i += 1
+            value = argv[i]
+        out[key] = value if "," in value else yaml.safe_load(value)
+        i += 1
+    return out
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a Config from ``Config.to_dict()`` output (e.g. read back from a manifest)."""
+    return apply(Config(), data)

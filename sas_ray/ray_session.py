@@ -1,0 +1,70 @@
+"""Connecting to Ray once per process, quietly, and asking what the cluster has.
+
+``ensure_ray`` joins ``run.ray_address`` (or ``$RAY_ADDRESS``, e.g. inside ``ray job
+submit``) when set, else starts a local instance. ``cluster_gpus`` lets stages decide
+``num_gpus`` from real resources: a GPU actor on a CPU-only cluster would wait forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from sas_ray.config import RunConfig
+
+log = logging.getLogger(__name__)
+
+
+def ensure_ray(run: RunConfig | None = None) -> Any:
+    """Initialise Ray if this process has not yet; returns the ``ray`` module."""
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    run = run or RunConfig()
+    address = run.ray_address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict[str, Any] = {
+        "logging_level": logging.WARNING,
+        "log_to_driver": True,
+        "configure_logging": True,
+        "include_dashboard": False if address is None else None,
+    }
+    if address is None:
+        kwargs.update(address="local", num_cpus=run.num_cpus,
+                      object_store_memory=run.object_store_mb and run.object_store_mb * 2**20)
+    else:
+        kwargs["address"] = address
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    ray.init(**kwargs)
+    log.info("ray: %s", ray.cluster_resources())
+    return ray
+
+
+def cluster_gpus() -> float:
+    """GPUs the connected cluster has (0 on a CPU-only cluster)."""
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def cluster_cpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 1.0))
+
+
+def want_gpu(setting: str) -> bool:
+    """Resolve a ``use_gpu`` setting (auto | true | false) against the cluster's resources."""
+    s = setting.lower()
+    if s == "auto":
+        return cluster_gpus() > 0
+    if s in ("true", "1", "yes"):
+        if cluster_gpus() == 0:
+            from sas_ray.errors import SasRayError
+
+            raise SasRayError("use_gpu=true but the Ray cluster has no GPUs; set "
+                              "--train.use_gpu auto/false or add GPU nodes")
+        return True
+    return False

@@ -1,0 +1,76 @@
+"""Shared fixtures: one local Ray session per test run, and a real S3 API (moto) on loopback.
+
+The S3 environment (endpoint, dummy credentials) is set at import time, before any Ray
+worker starts, so Ray workers inherit it; the moto server itself starts on first use.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CIFAR10_TAR = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+S3_PORT = _free_port()
+os.environ.update({
+    "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{S3_PORT}",
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+})
+os.environ.pop("AWS_PROFILE", None)
+os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[object]:
+    """One local Ray instance (2 CPUs) shared by every test that asks for it."""
+    import ray
+
+    from sas_ray.config import RunConfig
+    from sas_ray.ray_session import ensure_ray
+
+    ensure_ray(RunConfig(num_cpus=2, object_store_mb=1024))
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """moto's S3 server on 127.0.0.1; yields the endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT, verbose=False)
+    server.start()
+    yield os.environ["AWS_ENDPOINT_URL_S3"]
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: str, request: pytest.FixtureRequest) -> str:
+    """A fresh bucket per test; returns ``s3://<bucket>``."""
+    import boto3
+
+    name = "t-" + "".join(c for c in request.node.name.lower() if c.isalnum())[:40]
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def cifar10_tar() -> Path:
+    if not CIFAR10_TAR.exists():
+        pytest.skip(f"real CIFAR-10 archive not found at {CIFAR10_TAR} (needs ../shared/datasets)")
+    return CIFAR10_TAR
