@@ -1,3 +1,8 @@
-from importlib.metadata import version as _v
+"""sas-ray: data-efficient contrastive SSL (SAS subsets) on Ray."""
 
-__version__ = _v("sas-ray")
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("sas-ray")
+except PackageNotFoundError:  # imported from a source tree that was not pip-installed
+    __version__ = "0.1.0+src"

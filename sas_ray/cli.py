@@ -1,4 +1,4 @@
-"""``sas-ray``: one command, a subcommand per stage.
+"""sas-ray: data-efficient contrastive SSL on Ray, one subcommand per stage.
 
 Every subcommand accepts ``--config FILE`` and any ``--section.key VALUE`` override
 (see :mod:`sas_ray.config`). Stage handlers live next to the code they drive and are

@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from sas_ray.errors import SasRayError
 
 
@@ -186,7 +184,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if isinstance(value, str):
-            value = [yaml.safe_load(v) for v in value.split(",") if v.strip()]
+            value = [v.strip() for v in value.split(",") if v.strip()]
         elif not isinstance(value, list | tuple):
             value = [value]
         return [_coerce(v, item_tp, key) for v in value]
@@ -247,6 +245,8 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist; pass an existing YAML file "
                               "(see configs/)")
+        import yaml
+
         data = yaml.safe_load(p.read_text()) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"config file {p} must hold a mapping of sections")
@@ -258,6 +258,8 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
 
 def parse_overrides(argv: list[str]) -> dict[str, Any]:
     """Turn ``["--train.epochs", "5", "--sweep.seeds=0,1"]`` into ``{"train.epochs": 5, ...}``."""
+    import yaml
+
     out: dict[str, Any] = {}
     i = 0
     while i < len(argv):

@@ -231,7 +231,8 @@ class ArtifactWriter:
 
 
 @contextlib.contextmanager
-def write_artifact(uri: str, stage: str, *, config: Any = None, inputs: dict[str, str] | None = None,
+def write_artifact(uri: str, stage: str, *, config: Any = None,
+                   inputs: dict[str, str] | None = None,
                    seed: int | None = None) -> Iterator[ArtifactWriter]:
     """Stage files under ``uri/v-<id>/`` and commit them with a manifest on success.
 

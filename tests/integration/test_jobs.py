@@ -1,0 +1,153 @@
+"""A real client session: `ray start --head` on loopback, `ray job submit`, `ray job logs`.
+
+The head runs with token authentication (RAY_AUTH_MODE=token, as cluster.yaml sets it) in its
+own temp dir and ports, and is stopped by terminating exactly its own processes (a plain
+`ray stop` would also stop the test session's local Ray).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+# The smallest pipeline that still runs every stage; the README's cluster example differs
+# only in --config/--run.storage.
+TINY = ["--proxy.epochs", "1", "--train.epochs", "1", "--sweep.fractions", "0.5",
+        "--select.strategies", "sas,random", "--data.synthetic_train_per_class", "32",
+        "--data.synthetic_test_per_class", "8"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Head:
+    address: str  # jobs API, http://127.0.0.1:PORT
+    env: dict[str, str]  # environment a client needs (token auth)
+
+    def ray(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / "ray"), *args], cwd=ROOT, env=self.env, text=True,
+                              capture_output=True, timeout=timeout)
+
+    def submit(self, *entry: str, wait: bool = True) -> str:
+        sid = f"sas-{secrets.token_hex(4)}"
+        out = self.ray("job", "submit", "--address", self.address, "--submission-id", sid,
+                       "--working-dir", ".", "--runtime-env", "jobs/runtime_env.yaml",
+                       *([] if wait else ["--no-wait"]), "--", "python", "jobs/run.py", *entry)
+        assert out.returncode == 0 or not wait, out.stdout[-3000:] + out.stderr[-3000:]
+        return sid
+
+    def status(self, sid: str) -> str:
+        out = self.ray("job", "status", "--address", self.address, sid, timeout=60)
+        for state in ("SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "PENDING"):
+            if state in out.stdout + out.stderr:
+                return state
+        return "UNKNOWN"
+
+    def logs(self, sid: str) -> str:
+        return self.ray("job", "logs", "--address", self.address, sid, timeout=60).stdout
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory: pytest.TempPathFactory, s3_server: str) -> Iterator[Head]:
+    """A 2-CPU head on 127.0.0.1 with token auth; S3 settings in its environment, as a cluster
+    node would have them from its instance profile."""
+    temp_dir = tmp_path_factory.mktemp("rayhead")
+    gcs, dash = _free_port(), _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
+           "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    start = subprocess.run(
+        [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
+         f"--temp-dir={temp_dir}", f"--ray-client-server-port={_free_port()}",
+         "--disable-usage-stats"], env=env, text=True, capture_output=True, timeout=120)
+    assert start.returncode == 0, start.stdout[-2000:] + start.stderr[-2000:]
+    try:
+        yield Head(address=f"http://127.0.0.1:{dash}", env=env)
+    finally:
+        _stop_head(str(temp_dir), gcs)
+
+
+def _stop_head(temp_dir: str, gcs_port: int) -> None:
+    marks = (temp_dir, f":{gcs_port}")
+    procs: set[psutil.Process] = set()
+    for p in psutil.process_iter(["cmdline"]):
+        if any(m in " ".join(p.info["cmdline"] or []) for m in marks):
+            procs.add(p)
+            procs.update(p.children(recursive=True))
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.terminate()
+    _, alive = psutil.wait_procs(list(procs), timeout=15)
+    for p in alive:
+        p.kill()
+
+
+def test_token_auth_rejects_a_client_without_the_token(ray_head: Head) -> None:
+    env = {**ray_head.env, "RAY_AUTH_TOKEN": "wrong"}
+    out = subprocess.run([str(BIN / "ray"), "job", "list", "--address", ray_head.address],
+                         env=env, text=True, capture_output=True, timeout=60)
+    assert out.returncode != 0
+    assert "auth" in (out.stdout + out.stderr).lower()
+
+
+def test_pipeline_job_on_local_storage(ray_head: Head, tmp_path: Path) -> None:
+    storage = tmp_path / "exp"
+    sid = ray_head.submit("pipeline", "--run.storage", str(storage), *TINY)
+    assert ray_head.status(sid) == "SUCCEEDED"
+    logs = ray_head.logs(sid)
+    assert "stage sweep" in logs and "linear" in logs.lower()
+    for artifact in ("shards", "proxy", "embeddings", "partition", "rankings/sas",
+                     "rankings/random"):
+        manifest = json.loads((storage / artifact / "manifest.json").read_text())
+        assert manifest["files"], artifact
+    assert (storage / "report" / "table.csv").is_file()
+    assert (storage / "report" / "accuracy_vs_fraction.png").stat().st_size > 0
+
+
+def test_pipeline_job_on_s3_survives_a_killed_driver(ray_head: Head, s3_bucket: str) -> None:
+    """Data and outputs on S3; the driver is stopped mid-run and the job resubmitted: finished
+    stages are reused from their artifacts and the sweep completes."""
+    import s3fs
+
+    storage = f"{s3_bucket}/exp"
+    args = ("pipeline", "--run.storage", storage, *TINY)
+    sid = ray_head.submit(*args, wait=False)
+    fs = s3fs.S3FileSystem(endpoint_url=os.environ["AWS_ENDPOINT_URL_S3"])
+    deadline = time.time() + 600
+    while not fs.exists(f"{storage}/embeddings/manifest.json"):
+        assert time.time() < deadline and ray_head.status(sid) in ("PENDING", "RUNNING"), \
+            ray_head.logs(sid)[-3000:]
+        time.sleep(2)
+        fs.invalidate_cache()
+    ray_head.ray("job", "stop", "--address", ray_head.address, sid, timeout=120)
+    assert ray_head.status(sid) in ("STOPPED", "FAILED")
+
+    sid2 = ray_head.submit(*args)
+    assert ray_head.status(sid2) == "SUCCEEDED"
+    logs = ray_head.logs(sid2)
+    for stage in ("shards", "proxy", "embeddings"):
+        assert f"stage {stage}: cached" in logs, logs[-3000:]
+    fs.invalidate_cache()
+    assert fs.exists(f"{storage}/report/table.csv")
