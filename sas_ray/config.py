@@ -64,6 +64,7 @@ class ModelConfig:
     width: float = 0.25  # channel multiplier (1.0 = torchvision widths)
     proj_dim: int = 128
     proj_hidden: int | None = None  # None: backbone feature dim
+    stem: str = "auto"  # auto (cifar up to 64 px, else imagenet) | cifar | imagenet
 
 
 @dataclass
@@ -76,14 +77,19 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-6
     momentum: float = 0.9
-    warmup_epochs: int = 0  # sgd/lars: linear warm-up, then cosine
+    warmup_epochs: int = 0  # linear warm-up epochs
+    schedule: str = "auto"  # auto (adam: constant, sgd/lars: cosine) | constant | cosine
     temperature: float = 0.5
     num_workers: int = 1  # Ray Train workers
+    cpus_per_worker: float = 1.0  # Ray CPUs per worker (torch threads: its integer part, >= 1)
     use_gpu: str = "auto"  # auto | true | false
     amp: bool = True  # mixed precision when on GPU
     checkpoint_every: int = 1  # epochs
     max_failures: int = 2  # Ray Train FailureConfig
-    knn_every: int = 0  # online kNN accuracy every N epochs (0: off)
+    knn_every: int = 0  # online kNN accuracy every N epochs (0: off), on a val split of train
+    knn_images: int = 5000  # labelled train images the online kNN uses (bank + val queries)
+    cache_mb: int = 1024  # keep the encoded train images in Ray's object store up to this size
+    record_ids: bool = False  # write the ids each worker trained on to <out>/ids/ (audit)
 
 
 @dataclass
@@ -93,6 +99,8 @@ class EvalConfig:
     probe: str = "lbfgs"  # lbfgs | sgd
     probe_epochs: int = 100
     probe_l2: float = 1e-4
+    probe_l2_grid: list[float] = field(default_factory=list)  # choose l2 on a val split of train
+    val_fraction: float = 0.1  # of each train class, for the probe_l2_grid choice
     knn_k: int = 200
     knn_t: float = 0.1
     batch_size: int = 512
@@ -113,8 +121,11 @@ class EmbedConfig:
     views: int = 2  # augmented views per image; 0 = the un-augmented image
     dtype: str = "float32"  # float32 | float16
     batch_size: int = 256
-    num_actors: int = 2
+    num_actors: int = 2  # on a GPU cluster: at most one per GPU
     feature: str = "projection"  # projection | backbone
+    image_size: int | None = None  # None: the size the proxy was trained at
+    cpus_per_actor: float | None = None  # None: (cluster CPUs - 1) / num_actors
+    threads: int | None = None  # torch threads per actor; None: floor(cpus_per_actor), >= 1
 
 
 @dataclass
@@ -124,6 +135,12 @@ class LatentConfig:
     method: str = "labels"  # labels | few-labels | kmeans
     k: int = 10  # kmeans clusters
     label_fraction: float = 0.01  # few-labels: fraction of labels revealed
+    min_class_size: int = 2  # smaller classes are merged into the nearest class
+    classifier_steps: int = 100  # few-labels: L-BFGS iterations of the linear classifier
+    classifier_l2: float = 1e-4  # few-labels: L2 penalty of the linear classifier
+    kmeans_iters: int = 100  # kmeans: mini-batch steps
+    kmeans_batch_size: int = 4096  # kmeans: rows per mini-batch
+    kmeans_init_sample: int = 20000  # kmeans: rows sampled for k-means++ initialisation
 
 
 @dataclass
@@ -132,9 +149,18 @@ class SelectConfig:
 
     strategies: list[str] = field(default_factory=lambda: ["sas", "random"])
     similarity_floor: float | None = None  # clip similarities below this (reference: 0.0)
-    double_greedy: bool = False
-    block_size: int = 4096
+    double_greedy: bool = False  # sas: refine each class by double greedy (not nested)
+    double_greedy_rule: str = "deterministic"  # deterministic | randomized
+    block_size: int = 4096  # rows per block of similarity products
+    matrix_mb: int = 1024  # sas: largest per-class similarity matrix kept in memory (MiB)
     num_workers: int = 2  # parallel Ray tasks over latent classes
+    clusters_per_class: int = 1  # prototypes/semdedup: k-means clusters within a latent class
+    supervised_model: str = "linear"  # forgetting/el2n head on embeddings: linear | mlp
+    supervised_epochs: int = 20  # forgetting: training epochs
+    supervised_lr: float = 0.1  # forgetting/el2n: SGD learning rate
+    supervised_batch_size: int = 128  # forgetting/el2n: minibatch size
+    el2n_epochs: int = 2  # el2n: epochs trained before scoring (early in training)
+    el2n_seeds: int = 3  # el2n: independent runs averaged
 
 
 @dataclass
@@ -144,8 +170,9 @@ class SweepConfig:
     fractions: list[float] = field(default_factory=lambda: [0.3, 0.6])
     seeds: list[int] = field(default_factory=lambda: [0])
     include_full: bool = True
-    max_concurrent: int = 1
-    max_failures: int = 1
+    max_concurrent: int | None = None  # trials in flight; None: as many as the cluster fits
+    max_failures: int = 1  # retries of a failing trial before it is reported as failed
+    trial_cpus: float = 0.0  # CPUs a trial's Tune function reserves (it mostly waits)
 
 
 @dataclass
@@ -153,6 +180,7 @@ class AnalyzeConfig:
     """Report settings."""
 
     tolerance: float = 0.5  # accuracy points from full data that count as "no loss"
+    metric: str = "linear_acc"  # linear_acc | knn_acc: the accuracy data savings are judged by
 
 
 @dataclass
@@ -195,7 +223,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                     raise ValueError(value)
                 return value.lower() in ("true", "1", "yes")
             return bool(value)
-        if tp is float and isinstance(value, int | float | str):
+        if tp is float and isinstance(value, int | float | str) and not isinstance(value, bool):
             return float(value)
         if tp is int and isinstance(value, int | str) and not isinstance(value, bool):
             return int(value)
@@ -204,7 +232,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     except ValueError:
         pass
     else:
-        if isinstance(value, tp):
+        if isinstance(value, tp) and not (isinstance(value, bool) and tp is not bool):
             return value
     raise ConfigError(f"config key '{key}': cannot read {value!r} as {tp.__name__}; fix the value")
 
