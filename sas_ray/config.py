@@ -167,7 +167,7 @@ class SelectConfig:
 class SweepConfig:
     """Ray Tune sweep over strategy x fraction x seed."""
 
-    fractions: list[float] = field(default_factory=lambda: [0.3, 0.6])
+    fractions: list[float] = field(default_factory=lambda: [0.5, 0.75])
     seeds: list[int] = field(default_factory=lambda: [0])
     include_full: bool = True
     max_concurrent: int | None = None  # trials in flight; None: as many as the cluster fits

@@ -1,0 +1,1 @@
+"""SimCLR training (core loop), evaluation (linear probe, kNN) and the Ray Train layer."""

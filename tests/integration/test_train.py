@@ -1,0 +1,119 @@
+"""SimCLR on Ray Train: one 2-worker run on a subset, killed once mid-run, then evaluated.
+
+A TorchTrainer fit costs ~20 s even when tiny, so one run carries most assertions:
+subset restriction (ids seen per epoch), checkpointing, resume after a worker failure,
+the final encoder and its evaluation through the CLI.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from sas_ray import cli, storage
+from sas_ray.data.shards import read_table
+from sas_ray.errors import SasRayError
+from sas_ray.models.checkpoint import load_encoder
+from sas_ray.train.ray_trainer import CRASH_ENV, read_subset
+
+TRAIN_FLAGS = ["--train.num_workers", "2", "--train.cpus_per_worker", "0.5",
+               "--train.epochs", "3", "--train.batch_size", "32", "--train.record_ids", "true",
+               "--model.width", "0.125", "--train.max_failures", "2"]
+
+
+@pytest.mark.slow
+def test_subset_run_killed_once_resumes_and_evaluates(
+        synthetic_shards: str, tmp_path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    train_ids = read_table(synthetic_shards, split="train", columns=["id"])["id"].to_numpy()
+    subset = np.sort(train_ids)[::2][:96]  # 96 of 256: 48 per worker, 3 steps of 16
+    manifest = tmp_path / "subset.json"
+    manifest.write_text(json.dumps(subset.tolist()))
+    out = str(tmp_path / "run")
+    monkeypatch.setenv(CRASH_ENV, "1")  # the last worker dies after a step of epoch 1
+
+    code = cli.main(["train", "--data", synthetic_shards, "--subset", str(manifest),
+                     "--out", out, *TRAIN_FLAGS])
+    assert code == 0
+    assert os.path.exists(os.path.join(out, ".test-crash-epoch-1"))  # it did crash
+    summary = storage.read_json(os.path.join(out, "metrics.json"))
+    history = summary["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert summary["metrics"]["start_epoch"] == 1  # the restarted group resumed at epoch 1
+    assert all(h["images"] == 96 and np.isfinite(h["loss"]) for h in history)
+
+    for epoch in range(3):  # every epoch saw exactly the subset, each id once
+        seen = [np.load(f) for f in sorted(glob.glob(f"{out}/ids/epoch-{epoch:03d}-rank-*.npy"))]
+        assert len(seen) == 2 and min(len(s) for s in seen) == 48
+        both = np.concatenate(seen)
+        assert len(both) == len(np.unique(both)) and set(both.tolist()) == set(subset.tolist())
+
+    ray_checkpoints = sorted(glob.glob(f"{out}/train/checkpoint_*/"))
+    assert 1 <= len(ray_checkpoints) <= 2  # num_to_keep=2
+    model = load_encoder(ray_checkpoints[-1])  # a Ray checkpoint directory loads too
+    assert model.spec["width"] == 0.125
+
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--checkpoint", out, "--data", synthetic_shards,
+                     "--out", out, "--eval.probe_epochs", "20", "--eval.knn_k", "20"]) == 0
+    printed = capsys.readouterr().out
+    assert "linear probe" in printed and "kNN" in printed
+    result = storage.read_json(os.path.join(out, "eval.json"))
+    assert result["n_train"] == 256 and result["n_test"] == 64  # all labelled images
+    assert 0 <= result["knn_acc"] <= 100 and 0 <= result["linear_acc"] <= 100
+
+    manifest.write_text(json.dumps(subset[:64].tolist()))  # other ids into the same run dir
+    assert cli.main(["train", "--data", synthetic_shards, "--subset", str(manifest),
+                     "--out", out, *TRAIN_FLAGS]) == 2
+    assert "different ids" in capsys.readouterr().err
+
+
+def test_bad_subsets_are_clear_errors(synthetic_shards: str, tmp_path,
+                                      capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([0, 1, 10**9]))
+    out = tmp_path / "run"
+    assert cli.main(["train", "--data", synthetic_shards, "--subset", str(bad),
+                     "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "not in the train split" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()  # nothing written
+    with pytest.raises(SasRayError, match="does not exist"):
+        read_subset(str(tmp_path / "missing.json"))
+    with pytest.raises(SasRayError, match="out of range"):
+        read_subset(str(bad), 1.5)
+    with pytest.raises(SasRayError, match="applies to rankings"):
+        read_subset(str(bad), 0.5)
+
+
+def test_subset_from_ranking_and_parquet(tmp_path) -> None:
+    ids = np.array([7, 3, 5, 1], dtype=np.int64)
+    uri = str(tmp_path / "ranking")
+    with storage.write_artifact(uri, "ranking") as w:
+        table = pa.table({"id": ids, "rank": np.arange(4), "score": np.ones(4),
+                          "latent_class": np.zeros(4, dtype=np.int64)})
+        os.makedirs(w.dir, exist_ok=True)
+        pq.write_table(table, os.path.join(w.dir, "ranking.parquet"))
+        w.meta.update(strategy="sas", nested=True, balanced=True, fraction=None)
+    assert read_subset(uri, 0.5).tolist() == [7, 3]
+    pq.write_table(pa.table({"id": ids}), tmp_path / "ids.parquet")
+    assert read_subset(str(tmp_path / "ids.parquet")).tolist() == ids.tolist()
+
+
+def test_online_knn_monitor_uses_a_validation_split_of_train(synthetic_shards: str) -> None:
+    from sas_ray.config import Config
+    from sas_ray.models import model_from_config
+    from sas_ray.train.ray_trainer import _knn_monitor
+
+    cfg = Config()
+    cfg.train.knn_images, cfg.eval.knn_k = 200, 20
+    knn = _knn_monitor(cfg, synthetic_shards)
+    acc = knn(model_from_config(cfg))
+    # 200 of the 256 train images: 20 val queries (10%) -> accuracy in steps of 5 points
+    assert 0 <= acc <= 100 and acc % 5 == 0
