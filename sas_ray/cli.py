@@ -22,8 +22,11 @@ COMMANDS: dict[str, tuple[str, str, list[Arg]]] = {
     "ingest": ("sas_ray.data.ingest:cli_ingest",
                "convert an image source into Parquet shards",
                [("source", {"help": "synthetic | ImageFolder dir or .tar(.gz) (local or s3://) | "
-                                    "idx:DIR | torchvision:NAME[:ROOT]"}),
-                ("out", {"help": "output directory or s3:// URI"})]),
+                                    "idx:DIR | torchvision:NAME[:ROOT] (ROOT default: data)"}),
+                ("out", {"help": "output directory or s3:// URI"}),
+                ("--force", {"action": "store_true",
+                             "help": "rebuild even when OUT holds shards of the same source "
+                                     "files and settings"})]),
     "info": ("sas_ray.data.shards:cli_info",
              "summarise a shard dataset: counts per split and class, bytes, shards",
              [("shards", {"help": "dataset directory or s3:// URI"})]),
@@ -39,9 +42,10 @@ COMMANDS: dict[str, tuple[str, str, list[Arg]]] = {
                   ("--out", {"help": "write eval.json here"})]),
     "embed": ("sas_ray.embed:cli_embed",
               "embed every image with a proxy encoder on Ray Data actors",
-              [("--data", {"required": True}), ("--proxy", {"required": True,
-                                                            "help": "encoder checkpoint"}),
-               ("--out", {"required": True})]),
+              [("--data", {"required": True, "help": "shard dataset"}),
+               ("--proxy", {"required": True, "help": "encoder: a sas-ray checkpoint (file or "
+                                                      "dir) or torchvision ResNet weights"}),
+               ("--out", {"required": True, "help": "embeddings directory or s3:// URI"})]),
     "latent": ("sas_ray.rank:cli_latent",
                "approximate latent classes (labels, few labels + linear, k-means)",
                [("--embeddings", {"required": True}), ("--out", {"required": True})]),

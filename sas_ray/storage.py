@@ -196,6 +196,10 @@ def require_manifest(uri: str, stage: str | None = None) -> dict[str, Any]:
     """The manifest at ``uri``; a clear error when missing or of another stage."""
     manifest = read_manifest(uri)
     if manifest is None:
+        bucket = "s3://" + uri[len("s3://"):].split("/", 1)[0]
+        if is_s3(uri) and not exists(bucket):
+            raise SasRayError(f"S3 bucket {bucket} of {uri} does not exist; create the bucket "
+                              "or fix the URI")
         raise SasRayError(f"{uri} is not a complete sas-ray artifact (no {MANIFEST}); "
                           "check the path or rerun the stage that writes it")
     if stage is not None and manifest.get("stage") != stage:
@@ -245,6 +249,8 @@ def write_artifact(uri: str, stage: str, *, config: Any = None,
     staging = join(uri, run_id)
     writer = ArtifactWriter(uri=uri, dir=staging)
     check_writable(uri)
+    if not is_s3(uri):  # S3 has no directories; local writers expect w.dir to exist
+        os.makedirs(_norm(staging), exist_ok=True)
     try:
         yield writer
     except BaseException:

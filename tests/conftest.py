@@ -74,3 +74,45 @@ def cifar10_tar() -> Path:
     if not CIFAR10_TAR.exists():
         pytest.skip(f"real CIFAR-10 archive not found at {CIFAR10_TAR} (needs ../shared/datasets)")
     return CIFAR10_TAR
+
+
+@pytest.fixture(scope="session")
+def synthetic_shards(ray_session: object, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The built-in synthetic data set with DataConfig defaults (4 latent classes, 64 train +
+    16 test images per class, 32x32 RGB), ingested once per session; returns the shard dir."""
+    from sas_ray.config import Config
+    from sas_ray.data.ingest import ingest
+
+    out = tmp_path_factory.mktemp("synthetic") / "shards"
+    ingest("synthetic", str(out), Config())
+    return str(out)
+
+
+def _write_image_folder(root: Path, counts: dict[str, int], size: int = 8,
+                        seed: int = 0) -> dict[str, bytes]:
+    """Write ``counts[folder]`` small random PNGs into each ``root/folder`` (``""`` = root);
+    returns ``{relative path: PNG bytes}``."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    written = {}
+    for folder, n in counts.items():
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            buf = io.BytesIO()
+            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(buf, format="PNG")
+            rel = f"{folder}/{i:03d}.png".lstrip("/")
+            (root / rel).write_bytes(buf.getvalue())
+            written[rel] = buf.getvalue()
+    return written
+
+
+@pytest.fixture
+def image_folder() -> object:
+    """``image_folder(root, {"train/cat": 3, "test/dog": 2}, size=8, seed=0)`` writes small
+    random PNGs and returns ``{relative path: bytes}``."""
+    return _write_image_folder

@@ -1,0 +1,1 @@
+"""Image data: sources (readers), images (decode), shards (Parquet format), ingest (Ray Data)."""

@@ -1,0 +1,193 @@
+"""Config loading/overrides/coercion and local storage: atomic artifacts and manifests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from sas_ray import config as config_mod
+from sas_ray import storage
+from sas_ray.config import Config, ConfigError
+from sas_ray.errors import SasRayError
+
+# --- config --------------------------------------------------------------------------------
+
+
+def test_defaults_then_file_then_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_text("train:\n  epochs: 20\n  lr: 0.01\nsweep:\n  fractions: [0.2, 0.4]\n")
+    cfg = config_mod.load(path, {"train.epochs": 5})
+    assert cfg.train.epochs == 5 and cfg.train.lr == 0.01
+    assert cfg.sweep.fractions == [0.2, 0.4]
+    assert cfg.model.arch == Config().model.arch
+
+
+def test_parse_overrides_forms() -> None:
+    argv = ["--train.epochs", "5", "--sweep.seeds=0,1", "--sweep.fractions", "0.2,0.6",
+            "--data.download", "true", "--run.ray_address", "none", "--run.name", "a,b"]
+    cfg = config_mod.apply(Config(), config_mod.parse_overrides(argv))
+    assert cfg.train.epochs == 5 and cfg.sweep.seeds == [0, 1]
+    assert cfg.sweep.fractions == [0.2, 0.6] and cfg.data.download is True
+    assert cfg.run.ray_address is None and cfg.run.name == "a,b"
+    for bad in (["--train.epochs"], ["epochs", "5"], ["--noseparator", "1"]):
+        with pytest.raises(ConfigError):
+            config_mod.parse_overrides(bad)
+
+
+def test_coercion() -> None:
+    cfg = config_mod.apply(Config(), {"train.lr": 1, "run.name": 123, "sweep.seeds": 3,
+                                      "select.similarity_floor": "0.0", "run.num_cpus": "4"})
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+    assert cfg.run.name == "123" and cfg.sweep.seeds == [3]
+    assert cfg.select.similarity_floor == 0.0 and cfg.run.num_cpus == 4
+    nested = config_mod.apply(Config(), {"train": {"epochs": 7}, "eval": {"knn_k": "3"}})
+    assert nested.train.epochs == 7 and nested.eval.knn_k == 3
+
+
+@pytest.mark.parametrize(("updates", "message"), [
+    ({"train.epochs": "abc"}, "config key 'train.epochs': cannot read 'abc' as int"),
+    ({"train.epochs": 2.5}, "'train.epochs'"),
+    ({"train.epochs": True}, "'train.epochs'"),
+    ({"train.lr": False}, "'train.lr'"),
+    ({"data.download": "maybe"}, "'data.download'"),
+    ({"sweep.fractions": "0.2,x"}, "'sweep.fractions'"),
+    ({"trian.epochs": 1}, "unknown config section 'trian'"),
+    ({"train.epoch": 1}, "unknown config key 'train.epoch'; keys of 'train' are: epochs"),
+])
+def test_bad_values_name_the_key(updates: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        config_mod.apply(Config(), updates)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_bad_config_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        config_mod.load(tmp_path / "absent.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping of sections"):
+        config_mod.load(tmp_path / "list.yaml")
+    (tmp_path / "empty.yaml").write_text("")
+    assert config_mod.load(tmp_path / "empty.yaml") == Config()
+
+
+def test_round_trip_through_dict() -> None:
+    cfg = config_mod.apply(Config(), {"train.epochs": 9, "sweep.fractions": [0.1],
+                                      "run.ray_address": "ray://x:10001"})
+    assert config_mod.from_dict(cfg.to_dict()) == cfg
+
+
+# --- storage -------------------------------------------------------------------------------
+
+
+def test_paths_and_atomic_bytes(tmp_path: Path) -> None:
+    assert storage.join("s3://b/p/", "/a/", "c") == "s3://b/p/a/c"
+    assert storage.is_s3("s3://b") and not storage.is_s3(str(tmp_path))
+    target = str(tmp_path / "deep" / "f.json")
+    storage.write_json_atomic(target, {"b": 1, "a": [1, 2]})
+    assert storage.read_json(target) == {"a": [1, 2], "b": 1}
+    storage.write_bytes_atomic(target, b"new")
+    assert storage.read_bytes(target) == b"new"
+    assert os.listdir(tmp_path / "deep") == ["f.json"]  # no temp files left behind
+    assert storage.list_files(str(tmp_path)) == [target]
+    assert storage.list_files(str(tmp_path / "absent")) == []
+    storage.delete(str(tmp_path / "deep"))
+    storage.delete(str(tmp_path / "deep"))  # missing is fine
+    assert not storage.exists(str(tmp_path / "deep"))
+
+
+def test_unwritable_output_is_one_clear_line() -> None:
+    with pytest.raises(SasRayError, match="cannot write to /proc/sas-ray-test") as err:
+        storage.check_writable("/proc/sas-ray-test")
+    assert "\n" not in str(err.value)
+
+
+def _commit(uri: str, content: bytes, seed: int = 0, **kw: object) -> None:
+    with storage.write_artifact(uri, "stage-a", config={"k": 1}, inputs={"x": "fp"},
+                                seed=seed, **kw) as w:
+        storage.write_bytes_atomic(storage.join(w.dir, "sub", "data.bin"), content)
+        w.meta["rows"] = len(content)
+
+
+def test_artifact_commit_writes_manifest_last(tmp_path: Path) -> None:
+    uri = str(tmp_path / "art")
+    _commit(uri, b"abc")
+    manifest = storage.require_manifest(uri, "stage-a")
+    assert manifest["stage"] == "stage-a" and manifest["meta"] == {"rows": 3}
+    assert manifest["config"] == {"k": 1} and manifest["inputs"] == {"x": "fp"}
+    assert manifest["seed"] == 0 and "python" in manifest["versions"]
+    (rel,) = manifest["files"]
+    assert rel.startswith("v-") and rel.endswith("/sub/data.bin")
+    (path,) = storage.artifact_files(uri)
+    assert storage.read_bytes(path) == b"abc"
+    assert manifest["fingerprint"] == storage.stage_fingerprint("stage-a", {"k": 1},
+                                                                {"x": "fp"}, 0)
+    with pytest.raises(SasRayError, match="holds a 'stage-a' artifact, not 'shards'"):
+        storage.require_manifest(uri, "shards")
+
+
+def test_failed_write_rolls_back_and_keeps_the_previous_artifact(tmp_path: Path) -> None:
+    uri = str(tmp_path / "art")
+    _commit(uri, b"first")
+    before = storage.read_manifest(uri)
+    with pytest.raises(RuntimeError, match="boom"), \
+            storage.write_artifact(uri, "stage-a", config={"k": 2}) as w:
+        storage.write_bytes_atomic(storage.join(w.dir, "half.bin"), b"x")
+        raise RuntimeError("boom")
+    assert storage.read_manifest(uri) == before
+    assert sorted(storage.list_files(uri)) == sorted(
+        [storage.join(uri, "manifest.json"), *storage.artifact_files(uri, before)])
+
+
+def test_failed_first_write_leaves_no_manifest(tmp_path: Path) -> None:
+    uri = str(tmp_path / "art")
+    with pytest.raises(ValueError), storage.write_artifact(uri, "stage-a") as w:
+        storage.write_bytes_atomic(storage.join(w.dir, "part.bin"), b"x")
+        raise ValueError
+    assert storage.read_manifest(uri) is None and storage.list_files(uri) == []
+    with pytest.raises(SasRayError, match="not a complete sas-ray artifact"):
+        storage.require_manifest(uri)
+
+
+def test_new_commit_sweeps_old_and_crashed_staging(tmp_path: Path) -> None:
+    uri = str(tmp_path / "art")
+    _commit(uri, b"one")
+    old = storage.artifact_files(uri)
+    crashed = tmp_path / "art" / "v-19990101T000000-dead00"
+    crashed.mkdir()
+    (crashed / "junk").write_bytes(b"j")
+    _commit(uri, b"two")
+    files = storage.list_files(uri)
+    assert not crashed.exists() and not any(f in files for f in old)
+    assert len(files) == 2 and storage.read_bytes(storage.artifact_files(uri)[0]) == b"two"
+
+
+def test_freshness_follows_config_inputs_and_seed(tmp_path: Path) -> None:
+    uri = str(tmp_path / "art")
+    fp = storage.stage_fingerprint("stage-a", {"k": 1}, {"x": "fp"}, 0)
+    assert not storage.is_fresh(uri, fp)
+    _commit(uri, b"abc")
+    assert storage.is_fresh(uri, fp)
+    for changed in (storage.stage_fingerprint("stage-a", {"k": 2}, {"x": "fp"}, 0),
+                    storage.stage_fingerprint("stage-a", {"k": 1}, {"x": "other"}, 0),
+                    storage.stage_fingerprint("stage-a", {"k": 1}, {"x": "fp"}, 1),
+                    storage.stage_fingerprint("stage-b", {"k": 1}, {"x": "fp"}, 0)):
+        assert not storage.is_fresh(uri, changed)
+    assert storage.fingerprint({"a": 1, "b": 2}) == storage.fingerprint({"b": 2, "a": 1})
+
+
+@pytest.mark.parametrize(("text", "fix"), [
+    ("NoSuchBucket: The specified bucket does not exist", "create the bucket"),
+    ("ClientError: InvalidAccessKeyId", "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"),
+    ("SignatureDoesNotMatch", "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"),
+    ("Could not connect to the endpoint URL", "AWS_ENDPOINT_URL_S3"),
+    ("something odd\nsecond line", "check the URI, credentials and endpoint"),
+])
+def test_s3_errors_become_one_line_with_a_fix(text: str, fix: str) -> None:
+    with pytest.raises(SasRayError) as err, storage.s3_errors("s3://bkt/key"):
+        raise OSError(text)
+    assert fix in str(err.value) and "s3://bkt/key" in str(err.value)
+    assert "\n" not in str(err.value)
+    with pytest.raises(OSError), storage.s3_errors("/local/path"):  # local errors pass through
+        raise OSError("disk")

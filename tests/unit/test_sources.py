@@ -1,0 +1,399 @@
+"""Sources, image decoding, the shard schema and the per-shard ingest work, without Ray."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import struct
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from sas_ray import storage
+from sas_ray.config import Config, DataConfig
+from sas_ray.data import images, shards, sources
+from sas_ray.data.ingest import ingest
+from sas_ray.errors import SasRayError
+
+# --- synthetic -----------------------------------------------------------------------------
+
+
+def test_synthetic_is_deterministic_in_seed_and_split() -> None:
+    a, la = sources.synthetic_images(4, 8, 16, seed=3, split="train")
+    b, lb = sources.synthetic_images(4, 8, 16, seed=3, split="train")
+    c, _ = sources.synthetic_images(4, 8, 16, seed=4, split="train")
+    t, _ = sources.synthetic_images(4, 8, 16, seed=3, split="test")
+    assert a.shape == (32, 16, 16, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(la, lb)
+    assert not np.array_equal(a, c) and not np.array_equal(a, t)
+    np.testing.assert_array_equal(np.bincount(la), [8, 8, 8, 8])
+
+
+def test_synthetic_classes_are_separable_and_images_vary() -> None:
+    train, ytr = sources.synthetic_images(5, 40, 32, seed=0, split="train")
+    test, yte = sources.synthetic_images(5, 20, 32, seed=0, split="test")
+    # a nearest-class-mean classifier on mean colour + gradient energy separates the classes
+    def features(x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float64) / 255
+        dx = np.abs(np.diff(x, axis=2)).mean(axis=(1, 2, 3))
+        dy = np.abs(np.diff(x, axis=1)).mean(axis=(1, 2, 3))
+        return np.column_stack([x.mean(axis=(1, 2)), dx, dy])
+
+    ftr, fte = features(train), features(test)
+    means = np.stack([ftr[ytr == k].mean(0) for k in range(5)])
+    pred = np.argmin(((fte[:, None] - means[None]) ** 2).sum(-1), axis=1)
+    assert (pred == yte).mean() > 0.9
+    same_class = train[ytr == 0].astype(np.int16)
+    assert np.abs(same_class[0] - same_class[1]).mean() > 5  # shifts + noise: not copies
+
+
+def test_synthetic_source_lists_train_then_test() -> None:
+    data = DataConfig(synthetic_classes=3, synthetic_train_per_class=4,
+                      synthetic_test_per_class=2, synthetic_size=12)
+    src = sources.open_source("synthetic", data, seed=1)
+    assert src.kind == "pixels" and src.pixel_shape == (12, 12, 3)
+    assert src.class_names == ["class0", "class1", "class2"]
+    assert [it.split for it in src.items] == ["train"] * 12 + ["test"] * 6
+    assert [it.label for it in src.items[:4]] == [0, 1, 2, 0]
+    with pytest.raises(SasRayError, match="synthetic"):
+        sources.synthetic_images(0, 4, 12, seed=0, split="train")
+
+
+# --- ImageFolder directory and tar ---------------------------------------------------------
+
+
+def test_folder_layout_variants() -> None:
+    assert sources.folder_layout(["train/cat/1.png", "test/dog/2.png", "unlabeled/3.png"]) == [
+        ("train/cat/1.png", "train", "cat"), ("test/dog/2.png", "test", "dog"),
+        ("unlabeled/3.png", "unlabeled", None)]
+    assert sources.folder_layout(["cat/1.png", "dog/x/2.png"]) == [
+        ("cat/1.png", "train", "cat"), ("dog/x/2.png", "train", "dog")]
+    assert sources.folder_layout(["a.png", "b.jpg"]) == [("a.png", "train", None),
+                                                         ("b.jpg", "train", None)]
+    # one wrapper directory is skipped; a lone split folder is not a wrapper
+    assert sources.folder_layout(["cifar/train/cat/1.png"]) == [
+        ("cifar/train/cat/1.png", "train", "cat")]
+    assert sources.folder_layout(["train/cat/1.png"]) == [("train/cat/1.png", "train", "cat")]
+    with pytest.raises(SasRayError, match="outside the split folders"):
+        sources.folder_layout(["train/cat/1.png", "dog/2.png"])
+
+
+def test_imagefolder_dir_labels_order_and_ignored(tmp_path: Path, image_folder) -> None:
+    written = image_folder(tmp_path, {"train/cat": 3, "train/dog": 2, "test/cat": 1,
+                                      "test/emu": 1})
+    (tmp_path / "train" / "cat" / "notes.txt").write_text("not an image")
+    (tmp_path / ".DS_Store").write_bytes(b"\0")
+    src = sources.open_source(str(tmp_path))
+    assert src.kind == "file"
+    assert src.class_names == ["cat", "dog", "emu"]  # union of splits, sorted
+    assert [it.name for it in src.items] == sorted(written)  # ids follow sorted paths
+    by_name = {it.name: it for it in src.items}
+    assert by_name["test/emu/000.png"].label == 2 and by_name["test/emu/000.png"].split == "test"
+    assert by_name["train/dog/001.png"].label == 1
+    assert Path(by_name["train/dog/001.png"].payload).read_bytes() == written["train/dog/001.png"]
+    assert src.ignored == [".DS_Store", "train/cat/notes.txt"]
+
+
+def test_imagefolder_flat_folder_has_no_labels(tmp_path: Path, image_folder) -> None:
+    image_folder(tmp_path, {"": 3})
+    src = sources.open_source(str(tmp_path))
+    assert src.class_names == [] and {it.label for it in src.items} == {None}
+    assert {it.split for it in src.items} == {"train"}
+
+
+@pytest.mark.parametrize("problem", ["missing", "empty", "not_archive", "only_text"])
+def test_imagefolder_bad_paths_fail_clearly(tmp_path: Path, problem: str) -> None:
+    path = tmp_path / "src"
+    if problem == "empty":
+        path.mkdir()
+    elif problem == "not_archive":
+        path.write_text("hello")
+    elif problem == "only_text":
+        path.mkdir()
+        (path / "readme.txt").write_text("hi")
+    with pytest.raises(SasRayError) as err:
+        sources.open_source(str(path))
+    message = {"missing": "does not exist", "empty": "no images found",
+               "not_archive": "not a", "only_text": "1 other files ignored"}[problem]
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def _pack(root: Path, archive: Path, fmt: int = tarfile.PAX_FORMAT) -> None:
+    suffix = archive.name.rsplit(".", 1)[-1]
+    mode = {"gz": "w:gz", "tgz": "w:gz", "bz2": "w:bz2", "xz": "w:xz"}.get(suffix, "w")
+    with tarfile.open(archive, mode, format=fmt) as tar:
+        tar.add(root, arcname="wrapped")
+
+
+@pytest.mark.parametrize("name", ["data.tar", "data.tar.gz", "data.tgz", "data.tar.bz2",
+                                  "data.tar.xz"])
+def test_imagefolder_tar_matches_directory(tmp_path: Path, image_folder, name: str) -> None:
+    root = tmp_path / "root"
+    image_folder(root, {"train/cat": 3, "train/dog": 2, "test/dog": 2})
+    (root / "LICENSE").write_text("text")
+    _pack(root, tmp_path / name)
+    from_dir = sources.open_source(str(root))
+    from_tar = sources.open_source(str(tmp_path / name))
+    assert from_tar.kind == "encoded"
+    assert from_tar.class_names == from_dir.class_names
+    assert [(i.split, i.label) for i in from_tar.items] == [(i.split, i.label)
+                                                            for i in from_dir.items]
+    assert [i.payload for i in from_tar.items] == [Path(i.payload).read_bytes()
+                                                   for i in from_dir.items]
+    assert from_tar.ignored == ["wrapped/LICENSE"]
+
+
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT])
+def test_iter_tar_agrees_with_tarfile(tmp_path: Path, fmt: int) -> None:
+    long_dir = "d" * 60 + "/" + "e" * 60  # > 100 characters: long-name records or prefix
+    members = {f"{long_dir}/{'f' * 40}.png": b"x" * 700, "a/b.jpg": b"", "c.png": b"y" * 512}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        info = tarfile.TarInfo("a")
+        info.type = tarfile.DIRTYPE
+        tar.addfile(info)
+        for path, data in members.items():
+            info = tarfile.TarInfo(path)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("link.png")
+        link.type, link.linkname = tarfile.SYMTYPE, "c.png"
+        tar.addfile(link)
+    assert dict(sources.iter_tar(iter([buf.getvalue()]))) == members
+    chunks = [buf.getvalue()[i:i + 100] for i in range(0, len(buf.getvalue()), 100)]
+    assert dict(sources.iter_tar(iter(chunks))) == members  # chunk boundaries anywhere
+
+
+def test_damaged_archives_fail_clearly(tmp_path: Path, image_folder) -> None:
+    root = tmp_path / "root"
+    image_folder(root, {"cat": 2})
+    _pack(root, tmp_path / "ok.tar.gz")
+    data = (tmp_path / "ok.tar.gz").read_bytes()
+    (tmp_path / "cut.tar.gz").write_bytes(data[: len(data) // 2])
+    (tmp_path / "junk.tar").write_bytes(b"not a tar archive at all" * 40)
+    for name in ("cut.tar.gz", "junk.tar"):
+        with pytest.raises(SasRayError, match="cannot read archive"):
+            sources.open_source(str(tmp_path / name))
+    with pytest.raises(SasRayError, match="does not exist"):
+        sources.open_source(str(tmp_path / "absent.tgz"))
+
+
+# --- IDX -----------------------------------------------------------------------------------
+
+
+def _idx(array: np.ndarray) -> bytes:
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def _write_idx(folder: Path, compress: bool, n_train: int = 5, n_test: int = 3,
+               labels: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    x = rng.integers(0, 256, (n_train + n_test, 6, 5), dtype=np.uint8)
+    y = rng.integers(0, 10, n_train + n_test).astype(np.uint8)
+    y[0] = 9
+    parts = {"train": slice(0, n_train), "t10k": slice(n_train, None)}
+    for prefix, sl in parts.items():
+        files = {f"{prefix}-images-idx3-ubyte": _idx(x[sl])}
+        if labels:
+            files[f"{prefix}-labels-idx1-ubyte"] = _idx(y[sl])
+        for name, data in files.items():
+            if compress:
+                (folder / f"{name}.gz").write_bytes(gzip.compress(data))
+            else:
+                (folder / name).write_bytes(data)
+    return x, y
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_idx_source_reads_gz_and_raw(tmp_path: Path, compress: bool) -> None:
+    x, y = _write_idx(tmp_path / "idx", compress)
+    src = sources.open_source(f"idx:{tmp_path / 'idx'}")
+    assert src.kind == "pixels" and src.pixel_shape == (6, 5)
+    assert [it.split for it in src.items] == ["train"] * 5 + ["test"] * 3
+    assert [it.label for it in src.items] == y.tolist()
+    np.testing.assert_array_equal(np.stack([it.payload for it in src.items]), x)
+    assert src.class_names == [str(i) for i in range(10)]
+
+
+def test_idx_without_labels_and_broken_files(tmp_path: Path) -> None:
+    _write_idx(tmp_path / "nolabels", compress=False, labels=False)
+    src = sources.open_source(f"idx:{tmp_path / 'nolabels'}")
+    assert {it.label for it in src.items} == {None} and src.class_names == []
+    bad = tmp_path / "bad"
+    _write_idx(bad, compress=False)
+    (bad / "t10k-labels-idx1-ubyte").write_bytes(_idx(np.zeros(7, np.uint8)))
+    with pytest.raises(SasRayError, match="7 entries for 3 images"):
+        sources.open_source(f"idx:{bad}")
+    (bad / "t10k-labels-idx1-ubyte").write_bytes(b"\1\2\3\4garbage")
+    with pytest.raises(SasRayError, match="cannot read IDX"):
+        sources.open_source(f"idx:{bad}")
+    with pytest.raises(SasRayError, match="no IDX image files"):
+        sources.open_source(f"idx:{tmp_path}")
+    with pytest.raises(SasRayError, match="does not exist"):
+        sources.open_source(f"idx:{tmp_path / 'absent'}")
+
+
+# --- torchvision ---------------------------------------------------------------------------
+
+
+def test_torchvision_mnist_from_local_files(tmp_path: Path) -> None:
+    x, y = _write_idx(tmp_path / "MNIST" / "raw", compress=False)
+    src = sources.open_source(f"torchvision:MNIST:{tmp_path}")
+    assert src.spec == "torchvision:MNIST" and len(src) == 8
+    assert src.class_names[0] == "0 - zero"
+    np.testing.assert_array_equal(np.stack([it.payload for it in src.items]), x)
+    assert [it.label for it in src.items] == y.tolist()
+
+
+def test_torchvision_missing_offline_or_unknown_fails_clearly(tmp_path: Path,
+                                                              monkeypatch) -> None:
+    import urllib.error
+
+    import torchvision.datasets
+
+    with pytest.raises(SasRayError, match=r"--data\.download true"):
+        sources.open_source(f"torchvision:CIFAR10:{tmp_path}")
+
+    def offline(self: object) -> None:
+        raise urllib.error.URLError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "download", offline)
+    data = DataConfig(download=True)
+    with pytest.raises(SasRayError, match=r"downloading torchvision CIFAR10 .* failed .*name "
+                                          r"resolution.*check the network"):
+        sources.open_source(f"torchvision:CIFAR10:{tmp_path}", data)
+    with pytest.raises(SasRayError, match="unknown torchvision data set 'ImageNet'"):
+        sources.open_source("torchvision:ImageNet")
+
+
+# --- images --------------------------------------------------------------------------------
+
+
+def _encode(pixels: np.ndarray, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def test_check_image_keeps_png_jpeg_and_converts_others_losslessly() -> None:
+    rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    for fmt in ("PNG", "JPEG"):
+        data = _encode(rgb, fmt)
+        assert images.check_image(data) == (data, (5, 7))
+    stored, size = images.check_image(_encode(rgb, "BMP"))
+    assert stored[:8] == b"\x89PNG\r\n\x1a\n" and size == (5, 7)
+    np.testing.assert_array_equal(images.decode_images([stored])[0], rgb)
+    jpeg = _encode(rgb, "JPEG")
+    for broken in (b"", b"garbage bytes", jpeg[: len(jpeg) // 2]):
+        with pytest.raises(images.CorruptImageError):
+            images.check_image(broken)
+
+
+def test_decode_images_rgb_grayscale_resize() -> None:
+    rgb = np.random.default_rng(1).integers(0, 256, (4, 6, 3), dtype=np.uint8)
+    grey = rgb[..., 0]
+    out = images.decode_images([images.encode_png(rgb), images.encode_png(grey)])
+    assert out.shape == (2, 4, 6, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[0], rgb)
+    np.testing.assert_array_equal(out[1], np.repeat(grey[..., None], 3, axis=2))
+    small = images.decode_images([images.encode_png(rgb), _encode(rgb[:2], "JPEG")], size=3)
+    assert small.shape == (2, 3, 3, 3)
+    assert images.decode_images([], size=(2, 5)).shape == (0, 2, 5, 3)
+    column = [images.encode_png(rgb), images.encode_png(rgb)]
+    for batch in (pa.array(column), np.array(column, dtype=object)):  # pyarrow / Ray batch
+        np.testing.assert_array_equal(images.decode_images(batch), np.stack([rgb, rgb]))
+    with pytest.raises(ValueError, match="different sizes"):
+        images.decode_images([images.encode_png(rgb), images.encode_png(rgb[:2])])
+
+
+# --- shard schema --------------------------------------------------------------------------
+
+
+def _artifact(uri: str, table: pa.Table) -> None:
+    with storage.write_artifact(uri, shards.STAGE) as w:
+        pq.write_table(table, storage.join(w.dir, "part-0.parquet"))
+        w.meta = {"class_names": []}
+
+
+def test_read_table_filters_by_split_ids_and_columns(tmp_path: Path) -> None:
+    table = pa.table({"id": pa.array([0, 1, 2, 3], pa.int64()),
+                      "image": pa.array([b"a", b"b", b"c", b"d"]),
+                      "label": pa.array([0, None, 1, 1], pa.int64()),
+                      "split": ["train", "train", "test", "train"]})
+    _artifact(str(tmp_path / "ok"), table)
+    assert shards.read_table(str(tmp_path / "ok")).num_rows == 4
+    got = shards.read_table(str(tmp_path / "ok"), split="train", ids={1, 2, 3},
+                            columns=["id", "label"])
+    assert got.to_pylist() == [{"id": 1, "label": None}, {"id": 3, "label": 1}]
+    with pytest.raises(SasRayError, match="unknown shard column"):
+        shards.read_table(str(tmp_path / "ok"), columns=["pixels"])
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"image": None}, "no 'image' column"),
+    ({"label": pa.array(["a", "b"])}, "column 'label' is string, expected int64"),
+    ({"id": pa.array([0.0, 1.0])}, "column 'id' is double, expected int64"),
+])
+def test_wrong_schema_names_the_column(tmp_path: Path, change: dict, message: str) -> None:
+    cols = {"id": pa.array([0, 1], pa.int64()), "image": pa.array([b"a", b"b"]),
+            "label": pa.array([0, 1], pa.int64()), "split": pa.array(["train", "train"])}
+    for name, value in change.items():
+        if value is None:
+            del cols[name]
+        else:
+            cols[name] = value
+    _artifact(str(tmp_path / "bad"), pa.table(cols))
+    with pytest.raises(SasRayError, match=message):
+        shards.read_table(str(tmp_path / "bad"))
+
+
+def test_plain_parquet_dir_is_not_a_shard_dataset(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"id": [1]}), tmp_path / "x.parquet")
+    with pytest.raises(SasRayError, match="not a complete sas-ray artifact"):
+        shards.read_table(str(tmp_path))
+
+
+# --- ingest without Ray (the plain loop runs the same per-shard work) ----------------------
+
+
+def test_ingest_loop_dir_with_corrupt_images(tmp_path: Path, image_folder) -> None:
+    written = image_folder(tmp_path / "src", {"train/cat": 3, "test/dog": 2})
+    (tmp_path / "src" / "train" / "cat" / "bad.png").write_bytes(b"\x89PNG broken")
+    cfg = Config()
+    cfg.data.shard_size = 2
+    with pytest.raises(SasRayError, match=r"corrupt image train/cat/bad\.png.*on_corrupt skip"):
+        ingest(str(tmp_path / "src"), str(tmp_path / "fail"), cfg, parallel=False)
+    assert not storage.list_files(str(tmp_path / "fail"))  # nothing half-written
+    cfg.data.on_corrupt = "skip"
+    manifest = ingest(str(tmp_path / "src"), str(tmp_path / "out"), cfg, parallel=False)
+    meta = manifest["meta"]
+    assert meta["skipped_corrupt"] == {"count": 1, "examples": ["train/cat/bad.png"]}
+    assert meta["num_images"] == 5 and meta["num_shards"] == 3
+    assert meta["splits"]["train"] == {"images": 3, "no_label": 0,
+                                       "per_class": {"cat": 3, "dog": 0}}
+    assert meta["image_bytes"] == sum(len(b) for b in written.values())
+    table = shards.read_table(str(tmp_path / "out")).sort_by("id")
+    # sorted paths: test/dog/000, test/dog/001, train/cat/000..002, train/cat/bad (id 5)
+    assert table["id"].to_pylist() == [0, 1, 2, 3, 4]
+    assert table["image"].to_pylist() == [written[k] for k in sorted(written)]
+    assert table["label"].to_pylist() == [1, 1, 0, 0, 0]
+
+
+def test_ingest_rejects_bad_settings(tmp_path: Path) -> None:
+    cfg = Config()
+    cfg.data.on_corrupt = "ignore"
+    with pytest.raises(SasRayError, match="on_corrupt"):
+        ingest("synthetic", str(tmp_path / "x"), cfg, parallel=False)
+    cfg = Config()
+    cfg.data.shard_size = 0
+    with pytest.raises(SasRayError, match="shard_size"):
+        ingest("synthetic", str(tmp_path / "x"), cfg, parallel=False)
+    assert not (tmp_path / "x").exists()
