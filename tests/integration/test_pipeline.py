@@ -1,0 +1,92 @@
+"""`sas-ray pipeline` end to end on tiny synthetic data, and its caching: a second run redoes
+nothing (not even starting a trial), a changed select.strategies reruns only the new
+ranking, the new strategy's trial and the report; `sas-ray status` tells what is done."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sas_ray import config, storage
+from sas_ray.cli import main
+from sas_ray.tune.analysis import read_experiment
+from sas_ray.tune.pipeline import State, run_pipeline, status_lines
+
+pytestmark = pytest.mark.ray
+
+TINY = {
+    "data.synthetic_classes": 2, "data.synthetic_train_per_class": 32,
+    "data.synthetic_test_per_class": 8, "data.synthetic_size": 16, "data.image_size": 16,
+    "model.width": 0.125, "model.proj_dim": 16, "train.epochs": 1, "train.batch_size": 16,
+    "proxy.epochs": 1, "eval.knn_k": 5, "eval.probe_epochs": 20, "embed.views": 1,
+    "embed.num_actors": 1, "select.strategies": "random", "sweep.fractions": "0.5",
+}
+
+
+def stage_lines(caplog: pytest.LogCaptureFixture) -> dict[str, str]:
+    """stage -> "cached" | "ran" from this run's "stage X: ..." log lines."""
+    out = {}
+    for rec in caplog.records:
+        if m := re.match(r"stage (\S+): (cached|ran)", rec.getMessage()):
+            out[m.group(1)] = m.group(2)
+    caplog.clear()
+    return out
+
+
+def test_pipeline_caches_every_stage(ray_session: Any, tmp_path: Path,
+                                     caplog: pytest.LogCaptureFixture,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    caplog.set_level(logging.INFO, logger="sas_ray")
+    root = str(tmp_path / "run")
+    overrides = {**TINY, "run.storage": root}
+    layout = run_pipeline(config.load(overrides=overrides))
+    assert stage_lines(caplog) == {s: "ran" for s in (
+        "shards", "proxy", "embeddings", "partition", "rankings/random", "sweep", "report")}
+    printed = capsys.readouterr().out
+    assert "random" in printed and "report:" in printed
+    state = State(layout).stages
+    assert all(state[s]["seconds"] > 0 for s in ("proxy", "embeddings", "sweep"))
+    assert state["sweep"]["complete"] and state["sweep"]["trials"] == 2
+    # proxy.epochs == train.epochs: the proxy run is the full-data trial, trained once
+    records = {r.strategy: r.metrics for r in read_experiment(layout.sweep)[0]}
+    assert records["full"]["reused_training"] and not records["random"]["reused_training"]
+
+    # 2nd run through the CLI: everything cached, no trial started, same report
+    report_before = storage.read_manifest(layout.report)
+    argv = ["pipeline"] + [a for k, v in overrides.items() for a in (f"--{k}", str(v))]
+    assert main(argv) == 0
+    assert set(stage_lines(caplog).values()) == {"cached"}
+    assert storage.read_manifest(layout.report) == report_before
+
+    # one more strategy: only its ranking and trial run (random's result is reused)
+    cfg = config.load(overrides={**overrides, "select.strategies": "random,sas"})
+    run_pipeline(cfg)
+    lines = stage_lines(caplog)
+    assert lines == {"shards": "cached", "proxy": "cached", "embeddings": "cached",
+                     "partition": "cached", "rankings/random": "cached", "rankings/sas": "ran",
+                     "sweep": "ran", "report": "ran"}
+    records, _ = read_experiment(layout.sweep)
+    assert {r.strategy: r.metrics["cached"] for r in records} == {
+        "random": True, "sas": False, "full": True}
+    assert State(layout).stages["sweep"]["trained"] == 1
+
+    text = "\n".join(status_lines(root))
+    assert "sweep trials (3): 3 finished" in text
+    assert re.search(r"proxy\s+done\s+fp [0-9a-f]{8}", text)
+    assert main(["status", root]) == 0 and "rankings/sas" in capsys.readouterr().out
+    assert main(["status", str(tmp_path / "nothing")]) == 2
+
+
+def test_bad_sweep_settings_fail_before_any_work(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "run"
+    assert main(["pipeline", "--run.storage", str(root), "--sweep.fractions", "0.5,1.5"]) == 2
+    assert "out of range (0, 1]" in capsys.readouterr().err
+    assert not (root / "shards").exists()
+    assert main(["pipeline", "--run.storage", str(root), "--select.strategies", "nope"]) == 2
+    assert "unknown selection strategy 'nope'" in capsys.readouterr().err
+    assert not (root / "shards").exists()
