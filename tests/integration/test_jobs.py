@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 # only in --config/--run.storage.
 TINY = ["--proxy.epochs", "1", "--train.epochs", "1", "--sweep.fractions", "0.5",
         "--select.strategies", "sas,random", "--data.synthetic_train_per_class", "32",
-        "--data.synthetic_test_per_class", "8"]
+        "--data.synthetic_test_per_class", "8", "--train.batch_size", "32"]
 
 
 def _free_port() -> int:

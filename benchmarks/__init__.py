@@ -1,0 +1,1 @@
+"""Benchmarks: each script measures both sides of a comparison in one run."""

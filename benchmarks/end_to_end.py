@@ -1,0 +1,160 @@
+"""End-to-end cost of data-efficient SSL: (embed + select + train on a fraction f) against
+training on all the data for the same number of epochs, both measured in one run.
+
+Every step is a sas-ray Ray stage function, exactly what ``sas-ray pipeline`` calls:
+:func:`sas_ray.data.ingest.ingest` (shards), :func:`sas_ray.train.ray_trainer.fit` (Ray
+Train, for the proxy, the full-data run and the subset run), :func:`sas_ray.embed.embed`
+(Ray Data actors), :func:`sas_ray.rank.partition` and :func:`sas_ray.rank.rank` (Ray tasks
+over latent classes; latent classes = labels, strategy ``sas``). The data is a stratified
+subset of the CIFAR-10 tar (``--pool`` train images), written as an ImageFolder directory
+(JPEG bytes unchanged) and ingested once.
+
+Reported (seconds): ray.init, ingest and proxy training (once per data set and reused for
+every fraction, so outside the comparison; the ratio including the proxy is printed too),
+the full-data fit, embed, partition, rank, the subset fit; and the ratios
+
+    pipeline / full = (embed + partition + rank + subset fit) / full fit
+    the same with each fit's Ray Train startup (time outside training epochs) left out.
+
+Usage: ``python -m benchmarks.end_to_end [--quick]``; writes
+``benchmarks/results/end_to_end.json`` (``end_to_end-quick.json`` with ``--quick``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.machine import machine_info, machine_line
+from benchmarks.replicate import DEFAULT_DATA, stratified
+from sas_ray.config import Config
+from sas_ray.data.sources import imagefolder_tar
+from sas_ray.errors import SasRayError
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SIZES = {  # pool images, epochs, proxy epochs
+    "full": (4000, 3, 2),
+    "quick": (1000, 2, 1),
+}
+
+
+def write_imagefolder(archive: Path, pool: int, root: Path) -> int:
+    """Write a stratified ``pool`` of the archive's train images to ``root/train/<class>/``."""
+    if not archive.is_file():
+        raise SasRayError(f"CIFAR-10 archive {archive} does not exist; pass --data pointing at "
+                          "cifar10-jpeg.tar.gz (see ../shared/datasets/README.md)")
+    src = imagefolder_tar(str(archive))
+    train = [it for it in src.items if it.split == "train"]
+    labels = np.array([it.label for it in train])
+    for i in stratified(labels, pool, seed=0):
+        item = train[i]
+        path = root / "train" / src.class_names[item.label] / item.name.rsplit("/", 1)[-1]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(item.payload)
+    return min(pool, len(train))
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1,000 images, 2 epochs")
+    parser.add_argument("--fraction", type=float, default=0.4)
+    parser.add_argument("--pool", type=int, help="train images (default 4,000; quick 1,000)")
+    parser.add_argument("--epochs", type=int, help="epochs of both fits (default 3; quick 2)")
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    args = parser.parse_args(argv)
+    pool, epochs, proxy_epochs = SIZES["quick" if args.quick else "full"]
+    pool, epochs = args.pool or pool, args.epochs or epochs
+
+    from sas_ray.data.ingest import ingest
+    from sas_ray.embed import embed
+    from sas_ray.rank import partition, rank, subset_ids
+    from sas_ray.ray_session import ensure_ray
+    from sas_ray.train.ray_trainer import fit
+
+    cores = len(os.sched_getaffinity(0))
+    machine = machine_info()
+    print(machine_line(machine))
+    cfg = Config()
+    cfg.run.num_cpus = cores
+    cfg.model.arch, cfg.model.width = "resnet10", 0.25
+    cfg.train.batch_size = 256
+    cfg.latent.method = "labels"
+    t: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="sas-ray-bench-e2e-") as tmp:
+        root = Path(tmp)
+        n = write_imagefolder(Path(args.data), pool, root / "images")
+        _, t["ray_init"] = timed(lambda: ensure_ray(cfg.run))
+        shards = str(root / "shards")
+        _, t["ingest"] = timed(lambda: ingest(str(root / "images"), shards, cfg))
+
+        cfg.train.epochs = proxy_epochs
+        proxy, t["proxy_fit"] = timed(lambda: fit(cfg, shards, str(root / "proxy")))
+        cfg.train.epochs = epochs
+        full, t["full_fit"] = timed(lambda: fit(cfg, shards, str(root / "full")))
+        _, t["embed"] = timed(lambda: embed(cfg, shards, proxy["checkpoint"],
+                                            str(root / "emb")))
+        _, t["partition"] = timed(lambda: partition(cfg, str(root / "emb"), str(root / "part")))
+        _, t["rank"] = timed(lambda: rank(cfg, str(root / "emb"), str(root / "part"), "sas",
+                                          str(root / "rank")))
+        ids = subset_ids(str(root / "rank"), args.fraction)
+        sub, t["subset_fit"] = timed(lambda: fit(cfg, shards, str(root / "subset"), ids))
+    select = t["embed"] + t["partition"] + t["rank"]
+    pipeline = select + t["subset_fit"]
+    full_train = t["full_fit"] - full["startup_seconds"]
+    sub_train = t["subset_fit"] - sub["startup_seconds"]
+    result = {
+        "quick": args.quick, "machine": machine,
+        "settings": {"images": n, "fraction": args.fraction, "subset_images": int(ids.size),
+                     "epochs": epochs, "proxy_epochs": proxy_epochs, "arch": cfg.model.arch,
+                     "width": cfg.model.width, "batch_size": cfg.train.batch_size,
+                     "train_workers": cfg.train.num_workers, "embed_views": cfg.embed.views,
+                     "strategy": "sas", "latent": "labels",
+                     "stages": "sas_ray.data.ingest.ingest, sas_ray.train.ray_trainer.fit, "
+                               "sas_ray.embed.embed, sas_ray.rank.partition/rank (Ray)"},
+        "seconds": {k: round(v, 2) for k, v in t.items()}
+        | {"full_fit_startup": round(full["startup_seconds"], 2),
+           "subset_fit_startup": round(sub["startup_seconds"], 2),
+           "select_total": round(select, 2), "pipeline": round(pipeline, 2)},
+        "ratio_pipeline_vs_full": round(pipeline / t["full_fit"], 3),
+        "ratio_pipeline_with_proxy_vs_full": round((pipeline + t["proxy_fit"]) / t["full_fit"],
+                                                   3),
+        "ratio_pipeline_vs_full_without_startup": round(
+            (select + sub_train) / max(full_train, 1e-9), 3),
+        "ratio_subset_train_vs_full_train": round(sub_train / max(full_train, 1e-9), 3),
+        "load_avg_1m_after": round(os.getloadavg()[0], 2),
+    }
+    s = result["seconds"]
+    print(f"{n:,} CIFAR-10 images, {epochs} epochs, fraction {args.fraction} "
+          f"({ids.size:,} images), resnet10 x0.25, batch 256, 1 Ray Train worker")
+    print(f"once: ray.init {s['ray_init']:.1f} s, ingest {s['ingest']:.1f} s, proxy fit "
+          f"({proxy_epochs} epochs) {s['proxy_fit']:.1f} s")
+    print(f"full data : fit {s['full_fit']:.1f} s (startup {s['full_fit_startup']:.1f} s)")
+    print(f"SAS subset: embed {s['embed']:.1f} + partition {s['partition']:.1f} + rank "
+          f"{s['rank']:.1f} + fit {s['subset_fit']:.1f} s (startup "
+          f"{s['subset_fit_startup']:.1f} s) = {s['pipeline']:.1f} s")
+    print(f"ratio pipeline/full: {result['ratio_pipeline_vs_full']:.2f}x "
+          f"({result['ratio_pipeline_with_proxy_vs_full']:.2f}x with the proxy fit, "
+          f"{result['ratio_pipeline_vs_full_without_startup']:.2f}x without Ray Train startup; "
+          f"subset/full training epochs {result['ratio_subset_train_vs_full_train']:.2f}x)")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / ("end_to_end-quick.json" if args.quick else "end_to_end.json")
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
