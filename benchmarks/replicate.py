@@ -627,34 +627,35 @@ def report(out: Path, settings: dict[str, Any]) -> str:
     scale, plan = settings["scale"], settings["plan"]
     fractions, latents = plan["fractions"], plan["latents"]
     strategies = plan["strategies"]
-    lines = ["## Setup", "",
-             f"- Command: `{settings['command']}`",
-             f"- Machine: {settings['machine_line']}",
-             f"- Device: {settings['device']}",
-             f"- Data: CIFAR-10 JPEG tar; pool = {settings['pool_size']} train images "
-             f"({'stratified subset, seed 0' if scale['pool'] else 'all of train'}), test = "
-             f"{settings['test_size']} test images "
-             f"({'stratified subset' if scale['test'] else 'all of test'}), "
-             f"{scale['image_size']} px.",
-             f"- Proxy: {scale['proxy_arch']} width {scale['proxy_width']}, SimCLR "
-             f"{scale['proxy_epochs']} epochs on the pool; embeddings = mean unit projection "
-             f"of {scale['views']} augmented views.",
-             f"- SimCLR on each subset: {scale['arch']} width {scale['width']}, "
-             f"{scale['epochs']} epochs (same for every fraction, so fewer steps on smaller "
-             f"subsets), batch {scale['batch_size']}, Adam lr {scale['lr']}, temperature "
-             f"{scale['temperature']}; evaluated once, at the final epoch.",
-             f"- Evaluation: L-BFGS linear probe on frozen backbone features of the whole pool "
-             f"(L2 chosen from {scale['probe_l2_grid']} on 10% of the pool, never on test) and "
-             "weighted kNN (k = 200, t = 0.1); accuracies in % on the test images.",
-             f"- Latent classes: true labels; {scale['label_fraction']:.0%} labels + linear "
-             f"classifier on the embeddings; k-means (k = {scale['kmeans_k']}).",
-             f"- Forgetting counts: {scale['forget_arch']} width {scale['forget_width']} "
-             f"classifier, SGD lr {scale['forget_lr']}, {scale['forget_epochs']} epochs, batch "
-             f"{scale['forget_batch_size']}, no augmentation.",
-             f"- Seeds {plan['seeds']}; a seed sets the SimCLR initialisation and augmentations "
-             "and the random selectors; proxy, embeddings and latent classes use seed 0.",
-             f"- Stage times (s): {json.dumps(settings.get('timings', {}))}",
-             f"- Runs finished: {len(results)} of {settings.get('planned', '?')} planned.", ""]
+    lines = ["## Setup", ""]
+    for i, run in enumerate(settings["invocations"], 1):
+        lines += [f"- Invocation {i}: `{run['command']}`",
+                  f"  on {run['machine_line']}; device {run['device']}"]
+    lines += [
+          f"- Data: CIFAR-10 JPEG tar; pool = {settings['pool_size']} train images "
+          f"({'stratified subset, seed 0' if scale['pool'] else 'all of train'}), test = "
+          f"{settings['test_size']} test images "
+          f"({'stratified subset' if scale['test'] else 'all of test'}), "
+          f"{scale['image_size']} px.",
+          f"- Proxy: {scale['proxy_arch']} width {scale['proxy_width']}, SimCLR "
+          f"{scale['proxy_epochs']} epochs on the pool; embeddings = mean unit projection "
+          f"of {scale['views']} augmented views.",
+          f"- SimCLR on each subset: {scale['arch']} width {scale['width']}, "
+          f"{scale['epochs']} epochs (same for every fraction, so fewer steps on smaller "
+          f"subsets), batch {scale['batch_size']}, Adam lr {scale['lr']}, temperature "
+          f"{scale['temperature']}; evaluated once, at the final epoch.",
+          f"- Evaluation: L-BFGS linear probe on frozen backbone features of the whole pool "
+          f"(L2 chosen from {scale['probe_l2_grid']} on 10% of the pool, never on test) and "
+          "weighted kNN (k = 200, t = 0.1); accuracies in % on the test images.",
+          f"- Latent classes: true labels; {scale['label_fraction']:.0%} labels + linear "
+          f"classifier on the embeddings; k-means (k = {scale['kmeans_k']}).",
+          f"- Forgetting counts: {scale['forget_arch']} width {scale['forget_width']} "
+          f"classifier, SGD lr {scale['forget_lr']}, {scale['forget_epochs']} epochs, batch "
+          f"{scale['forget_batch_size']}, no augmentation.",
+          f"- Seeds {plan['seeds']}; a seed sets the SimCLR initialisation and augmentations "
+          "and the random selectors; proxy, embeddings and latent classes use seed 0.",
+          f"- Stage times (s): {json.dumps(settings.get('timings', {}))}",
+          f"- Runs finished: {len(results)} of {settings.get('planned', '?')} planned.", ""]
     for latent in latents:
         if latent != latents[0] and not any(k.latent == latent for k in results):
             continue
@@ -662,17 +663,19 @@ def report(out: Path, settings: dict[str, Any]) -> str:
         agree_txt = (f" (purity {agree['purity']:.3f}, NMI {agree['nmi']:.3f} against the "
                      "true labels)" if agree else "")
         lines += [f"## Latent classes: {latent}{agree_txt}", ""]
+        shown = [f for f in fractions if any(collect(results, latent, s, f, "linear_acc")
+                                             for s in strategies)]
         for metric, title in (("linear_acc", "Linear probe"), ("knn_acc", "kNN")):
-            header = "| strategy | " + " | ".join(f"{f:.0%}" for f in fractions) + " | 100% |"
+            header = "| strategy | " + " | ".join(f"{f:.0%}" for f in shown) + " | 100% |"
             lines += [f"{title} accuracy (%), mean ± std over seeds (number of seeds):", "",
-                      header, "|" + "---|" * (len(fractions) + 2)]
+                      header, "|" + "---|" * (len(shown) + 2)]
             for s in strategies:
                 cells = [fmt(*mean_std(v)) if (v := collect(results, latent, s, f, metric))
-                         else "-" for f in fractions]
+                         else "-" for f in shown]
                 if any(c != "-" for c in cells):
                     lines.append(f"| {s} | " + " | ".join(cells) + " | |")
             full = collect(results, latent, FULL, 1.0, metric)
-            lines.append("| full data | " + " | ".join("" for _ in fractions) + " | "
+            lines.append("| full data | " + " | ".join("" for _ in shown) + " | "
                          + (fmt(*mean_std(full)) if full else "-") + " |")
             lines.append("")
         gap_lines = [g for f in fractions for metric in ("linear_acc", "knn_acc")
@@ -827,6 +830,24 @@ def _list(text: str | None, default: list, cast: Callable[[str], Any]) -> list:
                           "values such as 0.2,0.4") from err
 
 
+def merge_plans(old: dict[str, Any] | None, new: Plan) -> Plan:
+    """The union of an earlier invocation's plan and this one's (what the report covers):
+    the earlier primary latent stays first, the forgetting fraction is kept."""
+    if old is None:
+        return new
+
+    def union(a: list, b: list) -> list:
+        return list(dict.fromkeys([*a, *b]))
+
+    return Plan(seeds=sorted(union(old["seeds"], new.seeds)),
+                fractions=sorted(union(old["fractions"], new.fractions)),
+                strategies=union(old["strategies"], new.strategies),
+                latents=union(old["latents"], new.latents),
+                forgetting_fraction=(new.forgetting_fraction if new.forgetting_fraction
+                                     is not None else old["forgetting_fraction"]),
+                time_budget_min=new.time_budget_min)
+
+
 def build_settings(args: argparse.Namespace) -> tuple[Scale, Plan]:
     scale = SCALES[args.scale]
     overrides = {"pool": args.pool, "test": args.test, "epochs": args.epochs,
@@ -903,15 +924,20 @@ def main(argv: list[str] | None = None) -> int:
                               "same scale options")
     info = machine_info()
     keys = plan_runs(plan)
+    merged = merge_plans(old.get("plan"), plan)
+    command = "python -m benchmarks.replicate " + " ".join(sys.argv[1:] if argv is None
+                                                            else argv)
     settings: dict[str, Any] = {
-        "fingerprint": run_fp, "scale": dataclasses.asdict(scale),
-        "plan": dataclasses.asdict(plan), "command": "python -m benchmarks.replicate "
-        + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": info, "machine_line": machine_line(info), "device": str(device),
+        **old, "fingerprint": run_fp, "scale": dataclasses.asdict(scale),
+        "plan": dataclasses.asdict(merged),
+        "invocations": [*old.get("invocations", []),
+                        {"command": command, "machine_line": machine_line(info),
+                         "device": str(device)}],
         "pool_size": int(data.pool_labels.size), "test_size": int(data.test_labels.size),
-        "planned": len(keys)}
+        "planned": len(plan_runs(merged))}
     stages = Stages(data, scale, data_fp, out, device)
     stages.timings.update(old.get("timings", {}))  # stage times of earlier invocations
+    stages.agreement.update(old.get("agreement", {}))
 
     def save_settings() -> None:
         settings["timings"] = stages.timings
