@@ -50,10 +50,16 @@ def s3_endpoint() -> str | None:
 
 
 def s3fs_filesystem() -> Any:
-    """An ``s3fs.S3FileSystem`` honouring the AWS environment and a custom endpoint."""
+    """An ``s3fs.S3FileSystem`` honouring the AWS environment and a custom endpoint.
+
+    Failed requests (connection errors, throttling, 5xx) are retried with exponential backoff:
+    ``AWS_MAX_ATTEMPTS`` attempts (default 5) in ``AWS_RETRY_MODE`` (default ``standard``).
+    """
     import s3fs
 
-    kwargs: dict[str, Any] = {"config_kwargs": {"retries": {"max_attempts": 5, "mode": "standard"}}}
+    retries = {"max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS", "5")),
+               "mode": os.environ.get("AWS_RETRY_MODE", "standard")}
+    kwargs: dict[str, Any] = {"config_kwargs": {"retries": retries}}
     if endpoint := s3_endpoint():
         kwargs["endpoint_url"] = endpoint
     return s3fs.S3FileSystem(**kwargs)
@@ -241,10 +247,8 @@ def write_artifact(uri: str, stage: str, *, config: Any = None,
     """Stage files under ``uri/v-<id>/`` and commit them with a manifest on success.
 
     On an exception the staging directory is removed and any previous artifact at ``uri``
-    stays untouched. The manifest records stage, fingerprint (of stage, config, inputs and
-    seed), config, inputs, seed, versions, creation time, files and ``meta``.
+    stays untouched. The manifest: :func:`commit_manifest`.
     """
-    inputs = inputs or {}
     run_id = f"v-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     staging = join(uri, run_id)
     writer = ArtifactWriter(uri=uri, dir=staging)
@@ -258,7 +262,20 @@ def write_artifact(uri: str, stage: str, *, config: Any = None,
             delete(staging)
         raise
     files = [f[len(_norm(uri)) + 1:] for f in list_files(staging)]
-    manifest = {
+    commit_manifest(uri, stage, files, config=config, inputs=inputs, seed=seed, meta=writer.meta)
+    _sweep_stale(uri, keep=run_id)
+
+
+def commit_manifest(uri: str, stage: str, files: list[str], *, config: Any = None,
+                    inputs: dict[str, str] | None = None, seed: int | None = None,
+                    meta: dict[str, Any] | None = None) -> None:
+    """Write the manifest that commits ``files`` (paths relative to ``uri``) as the artifact.
+
+    Records stage, fingerprint (of stage, config, inputs and seed), config, inputs, seed,
+    versions, creation time, files and ``meta``.
+    """
+    inputs = inputs or {}
+    write_json_atomic(join(uri, MANIFEST), {
         "stage": stage,
         "fingerprint": stage_fingerprint(stage, config, inputs, seed),
         "config": config,
@@ -267,10 +284,8 @@ def write_artifact(uri: str, stage: str, *, config: Any = None,
         "versions": versions(),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "files": files,
-        "meta": writer.meta,
-    }
-    write_json_atomic(join(uri, MANIFEST), manifest)
-    _sweep_stale(uri, keep=run_id)
+        "meta": meta or {},
+    })
 
 
 def _norm(uri: str) -> str:

@@ -13,8 +13,9 @@ Output is a :class:`Report`:
 * failed trials (with their error line) and expected trials that have no result yet, so a
   partially finished sweep is reported for what it is.
 
-``write_report`` stores ``table.md``, ``table.csv``, ``savings.csv`` and
-``accuracy_vs_fraction.png`` (matplotlib Agg) as one storage artifact.
+``write_report`` writes ``table.md``, ``table.csv``, ``savings.csv`` and
+``accuracy_vs_fraction.png`` (matplotlib Agg) into a directory (local or ``s3://``), under
+stable names, and commits them with a manifest.
 """
 
 from __future__ import annotations
@@ -101,11 +102,23 @@ def trial_params(config: dict[str, Any]) -> tuple[str, float, int]:
             from err
 
 
+def _result_config(result: Any) -> dict[str, Any]:
+    """A Result's trial config; Tune leaves it empty for a trial that failed before its first
+    report, so then it is read from the trial's ``params.json``."""
+    if result.config:
+        return result.config
+    fs = getattr(result, "filesystem", None)
+    if fs is None or not result.path:
+        return {}
+    with fs.open_input_stream(f"{result.path}/params.json") as f:
+        return json.loads(f.read())
+
+
 def records_from_result_grid(grid: Iterable[Any]) -> list[TrialRecord]:
     """Records from a ``ray.tune.ResultGrid`` (or any iterable of ``ray.tune.Result``)."""
     out = []
     for result in grid:
-        strategy, fraction, seed = trial_params(result.config or {})
+        strategy, fraction, seed = trial_params(_result_config(result))
         error = last_line(str(result.error)) if result.error is not None else None
         metrics = dict(result.metrics or {})
         status = "ERROR" if error else (DONE if all(m in metrics for m in METRICS) else "RUNNING")
@@ -319,8 +332,8 @@ def savings_lines(report: Report) -> list[str]:
     """One sentence per strategy: how much data can be dropped and the time it saves."""
     name, acc, full_acc = METRICS[report.metric], f"{report.metric}_mean", f"full_{report.metric}"
     if report.full is None:
-        return ["data savings: no full-data baseline finished, so savings cannot be computed "
-                "(run the sweep with sweep.include_full true)"]
+        return ["no full-data baseline finished, so savings cannot be computed (run the sweep "
+                "with sweep.include_full true)"]
     lines = []
     for s in report.savings.to_dict("records"):
         if math.isnan(s["fraction"]):
@@ -421,28 +434,47 @@ def analyze(source: str | Iterable[Any], cfg: AnalyzeConfig | None = None,
     return summarize(records, spec=spec, tolerance=cfg.tolerance, metric=cfg.metric)
 
 
-def write_report(report: Report, out: str, *, title: str = "", config: Any = None,
-                 inputs: dict[str, str] | None = None) -> dict[str, Any]:
-    """Write table.md/csv, savings.csv and the plot as a ``report`` artifact at ``out``."""
-    with storage.write_artifact(out, "report", config=config, inputs=inputs) as w, \
-            tempfile.TemporaryDirectory() as tmp:
-        report.cells.to_csv(os.path.join(tmp, "table.csv"), index=False, float_format="%.4f")
-        report.savings.to_csv(os.path.join(tmp, "savings.csv"), index=False, float_format="%.4f")
-        with open(os.path.join(tmp, "table.md"), "w") as f:
-            f.write(render(report, markdown=True))
-        plot(report, os.path.join(tmp, PLOT_FILE), title)
-        for name in sorted(os.listdir(tmp)):
-            with open(os.path.join(tmp, name), "rb") as f:
-                storage.write_bytes_atomic(storage.join(w.dir, name), f.read())
-        w.meta.update(finished=report.finished, failed=len(report.failed),
-                      missing=len(report.missing), metric=report.metric,
-                      tolerance=report.tolerance)
-    return storage.require_manifest(out, "report")
+REPORT_FILES = ("table.md", "table.csv", "savings.csv", PLOT_FILE)
 
 
 def report_files(out: str) -> dict[str, str]:
-    """Name -> URI of the files of a committed report artifact."""
-    return {os.path.basename(f): f for f in storage.artifact_files(out)}
+    """Name -> URI of the report files under ``out``."""
+    return {name: storage.join(out, name) for name in REPORT_FILES}
+
+
+def write_report(report: Report, out: str, title: str = "", *, config: Any = None,
+                 inputs: dict[str, str] | None = None) -> dict[str, str]:
+    """Write ``out/{table.md, table.csv, savings.csv, accuracy_vs_fraction.png}`` (local or
+    s3://) under stable names, and commit them with a ``report`` manifest; returns
+    :func:`report_files`.
+
+    The old manifest is removed first and the new one written last, so a crash in between
+    leaves files that no manifest vouches for rather than a mix that looks complete.
+    """
+    files = report_files(out)
+    storage.check_writable(out)
+    storage.delete(storage.join(out, storage.MANIFEST))
+    with tempfile.TemporaryDirectory() as tmp:
+        local = {name: os.path.join(tmp, name) for name in files}
+        report.cells.to_csv(local["table.csv"], index=False, float_format="%.4f")
+        report.savings.to_csv(local["savings.csv"], index=False, float_format="%.4f")
+        with open(local["table.md"], "w") as f:
+            f.write(render(report, markdown=True))
+        plot(report, local[PLOT_FILE], title)
+        for name, uri in files.items():
+            with open(local[name], "rb") as f:
+                storage.write_bytes_atomic(uri, f.read())
+    storage.commit_manifest(out, "report", list(files), config=config, inputs=inputs,
+                            meta={"finished": report.finished, "failed": len(report.failed),
+                                  "missing": len(report.missing), "metric": report.metric,
+                                  "tolerance": report.tolerance})
+    return files
+
+
+def print_report(report: Report, files: dict[str, str]) -> None:
+    """The table on the terminal, then where the files are."""
+    print(render(report), end="")
+    print("report: " + "\n        ".join(files[n] for n in ("table.md", "table.csv", PLOT_FILE)))
 
 
 def cli_analyze(cfg: Config, args: argparse.Namespace) -> None:
@@ -450,7 +482,5 @@ def cli_analyze(cfg: Config, args: argparse.Namespace) -> None:
     experiment = args.experiment.rstrip("/")
     out = args.out or storage.join(os.path.dirname(experiment) or ".", "report")
     report = analyze(experiment, cfg.analyze)
-    write_report(report, out, title=cfg.run.name, config=dataclasses.asdict(cfg.analyze))
-    print(render(report), end="")
-    files = report_files(out)
-    print(f"report: {files['table.md']}\n        {files['table.csv']}\n        {files[PLOT_FILE]}")
+    print_report(report, write_report(report, out, title=cfg.run.name,
+                                      config=dataclasses.asdict(cfg.analyze)))

@@ -39,8 +39,8 @@ from sas_ray.errors import SasRayError
 from sas_ray.tune.analysis import (
     PLOT_FILE,
     analyze,
+    print_report,
     read_experiment,
-    render,
     report_files,
     write_report,
 )
@@ -113,19 +113,32 @@ def _artifact_stage(state: State, stage: str, uri: str, run: Callable[[], dict[s
 
 
 # ---------------------------------------------------------------------------- stages
+def given_shards(cfg: Config) -> dict[str, Any] | None:
+    """The manifest of ``data.source`` when it already is a shards artifact, else None."""
+    if cfg.data.source == "synthetic":
+        return None
+    manifest = storage.read_manifest(cfg.data.source)
+    return manifest if manifest is not None and manifest.get("stage") == "shards" else None
+
+
+def existing_shards(cfg: Config, layout: Layout) -> tuple[str, dict[str, Any]]:
+    """(URI, manifest) of the shards a sweep trains on, without ingesting anything."""
+    if (given := given_shards(cfg)) is not None:
+        return cfg.data.source, given
+    return layout.shards, storage.require_manifest(layout.shards, "shards")
+
+
 def shards_stage(cfg: Config, layout: Layout, state: State) -> tuple[str, dict[str, Any]]:
     """Ingest ``data.source`` into ``shards/`` - or use it as is when it is a shards artifact.
     Returns the shards' URI and manifest."""
-    source = cfg.data.source
-    given = storage.read_manifest(source) if source != "synthetic" else None
-    if given is not None and given.get("stage") == "shards":
-        state.record("shards", fingerprint=given["fingerprint"], uri=source, cached=True,
-                     seconds=0.0, given=True)
-        return source, given
+    if (given := given_shards(cfg)) is not None:
+        state.record("shards", fingerprint=given["fingerprint"], uri=cfg.data.source,
+                     cached=True, seconds=0.0, given=True)
+        return cfg.data.source, given
     from sas_ray.data.ingest import ingest
 
     return layout.shards, _artifact_stage(state, "shards", layout.shards,
-                                          lambda: ingest(source, layout.shards, cfg))
+                                          lambda: ingest(cfg.data.source, layout.shards, cfg))
 
 
 def proxy_config(cfg: Config) -> Config:
@@ -211,19 +224,18 @@ def ranking_stage(cfg: Config, layout: Layout, state: State
 
 def sweep_stage(cfg: Config, layout: Layout, state: State, shards_uri: str,
                 shards: dict[str, Any], rankings: dict[tuple[str, float], tuple[str, str]]
-                ) -> tuple[str, list[str]]:
-    """Run the Tune sweep unless the same grid already finished; -> (fingerprint, problems)."""
-    from sas_ray.tune.sweep import SweepSpec, make_cells, run_sweep, seeds_of, summary_lines
+                ) -> tuple[str, Any]:
+    """Run the Tune sweep unless the same grid already finished; -> (fingerprint, the
+    ``SweepResult``, None when cached)."""
+    from sas_ray.tune.sweep import run_sweep, summary_lines, sweep_spec
 
-    spec = SweepSpec(data=shards_uri, runs=layout.runs,
-                     cells=make_cells(cfg, shards, rankings),
-                     seeds=seeds_of(cfg), config=cfg.to_dict())
+    spec = sweep_spec(cfg, shards_uri, shards, rankings, layout.runs)
     previous = state.stages.get("sweep", {})
     if previous.get("fingerprint") == spec.fingerprint and previous.get("complete") \
             and storage.exists(layout.sweep):
         state.record("sweep", fingerprint=spec.fingerprint, uri=layout.sweep, cached=True,
                      seconds=0.0, complete=True, trials=previous.get("trials"))
-        return spec.fingerprint, []
+        return spec.fingerprint, None
     result = run_sweep(cfg, spec, layout.sweep)
     trained = sum(1 for r in result.finished
                   if not r.metrics.get("cached") and not r.metrics.get("reused_training"))
@@ -232,25 +244,24 @@ def sweep_stage(cfg: Config, layout: Layout, state: State, shards_uri: str,
                  trials=len(result.records), trained=trained, failed=len(result.failed))
     for line in summary_lines(result):
         log.info("%s", line)
-    return spec.fingerprint, summary_lines(result)[1:]
+    return spec.fingerprint, result
 
 
-def report_stage(cfg: Config, layout: Layout, state: State, sweep_fp: str) -> str:
-    """Analyse the sweep into ``report/``; cached when sweep results and settings match."""
+def report_stage(cfg: Config, layout: Layout, state: State, sweep_fp: str) -> None:
+    """Analyse the sweep into ``report/`` and print it; the files are rewritten only when the
+    sweep's results or the analyze settings changed."""
     start = time.perf_counter()
     report = analyze(layout.sweep, cfg.analyze)
-    config = dataclasses.asdict(cfg.analyze)
     results = storage.fingerprint(report.cells.to_dict("records") +
                                   [r.error for r in report.failed] + report.missing)
-    inputs = {"sweep": sweep_fp, "results": results}
+    config, inputs = dataclasses.asdict(cfg.analyze), {"sweep": sweep_fp, "results": results}
     fp = storage.stage_fingerprint("report", config, inputs, None)
     cached = storage.is_fresh(layout.report, fp)
     if not cached:
         write_report(report, layout.report, title=cfg.run.name, config=config, inputs=inputs)
     state.record("report", fingerprint=fp, uri=layout.report, cached=cached,
                  seconds=time.perf_counter() - start)
-    print(render(report), end="")
-    return layout.report
+    print_report(report, report_files(layout.report))
 
 
 # ---------------------------------------------------------------------------- driver
@@ -276,7 +287,7 @@ def run_pipeline(cfg: Config) -> Layout:
     """Run every stage (reusing up-to-date outputs); print the report; return the layout."""
     from sas_ray.embed import embed
     from sas_ray.rank import partition
-    from sas_ray.tune.sweep import check_subset_sizes, num_train_images
+    from sas_ray.tune.sweep import check_subset_sizes, num_train_images, raise_if_incomplete
 
     check_config(cfg)
     layout = Layout(cfg.run.storage)
@@ -291,16 +302,11 @@ def run_pipeline(cfg: Config) -> Layout:
     _artifact_stage(state, "partition", layout.partition,
                     lambda: partition(cfg, layout.embeddings, layout.partition))
     rankings = ranking_stage(cfg, layout, state)
-    sweep_fp, problems = sweep_stage(cfg, layout, state, shards_uri, shards, rankings)
-    report = report_stage(cfg, layout, state, sweep_fp)
-    files = report_files(report)
-    print(f"report: {files['table.md']}\n        {files['table.csv']}\n        {files[PLOT_FILE]}")
+    sweep_fp, result = sweep_stage(cfg, layout, state, shards_uri, shards, rankings)
+    report_stage(cfg, layout, state, sweep_fp)
     log.info("pipeline finished in %.0f s", time.perf_counter() - start)
-    if problems:
-        raise SasRayError(f"the sweep is incomplete ({problems[0].strip()}"
-                          f"{f' and {len(problems) - 1} more' if len(problems) > 1 else ''}); "
-                          "the report covers the finished trials - fix the cause and rerun to "
-                          "retry only the failed or unfinished ones")
+    if result is not None:
+        raise_if_incomplete(result)  # after the report of what did finish
     return layout
 
 
@@ -329,7 +335,8 @@ def status_lines(root: str) -> list[str]:
         fp = entry["fingerprint"][:8] if entry.get("fingerprint") else "given"
         took = f"{entry['seconds']:.1f} s" if entry.get("seconds") is not None else "-"
         present = "" if storage.exists(entry["uri"]) else "  (output missing!)"
-        lines.append(f"  {stage:<22} done  fp {fp:<8}  {took:>8}  {entry['uri']}{present}")
+        done = "partial" if entry.get("complete") is False else "done"
+        lines.append(f"  {stage:<22} {done:<7}  fp {fp:<8}  {took:>8}  {entry['uri']}{present}")
     if storage.exists(layout.sweep):
         records, spec = read_experiment(layout.sweep)
         counts = Counter("finished" if r.finished else r.status.lower() for r in records)

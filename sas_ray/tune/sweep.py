@@ -15,10 +15,13 @@ on ``train.num_workers`` workers, evaluates the final encoder (linear probe + kN
 split, :func:`sas_ray.train.evaluate.evaluate_checkpoint`), stores the metrics as a ``trial``
 artifact in ``runs/<run name>/result`` and reports them with ``ray.tune.report``.
 
-Caching and resuming, three layers:
+Caching and resuming:
 
 * a trial whose ``result`` artifact matches its fingerprint reports it without training (so
   a new grid - e.g. one more strategy - retrains only the new cells);
+* a trial whose training already finished (``runs/<run name>/metrics.json``) only evaluates:
+  after a crash during evaluation, after an evaluation setting changed, or when the
+  pipeline's proxy run was this very training (the full-data trial);
 * an interrupted sweep (Ctrl+C, crash) over the same grid is resumed with
   ``Tuner.restore``: finished trials are kept, errored ones retried;
 * an interrupted *trial* resumes its Train run from its last checkpoint (the Train run is
@@ -28,8 +31,9 @@ Resources: a trial's Tune function only waits on its Train controller and then e
 so it reserves ``sweep.trial_cpus`` (default 0: no core); its workers reserve
 ``train.num_workers x train.cpus_per_worker`` CPUs (or one GPU each). Trials in flight are
 capped (:func:`max_concurrent_trials`) so that the workers of all running trials fit the
-cluster with one CPU left for Ray Data's read tasks: nested Tune + Train + Data deadlocks
-when workers hold every CPU and the data they wait for cannot be read.
+cluster with one CPU left for Ray Data's read tasks: when trainer workers hold every CPU,
+the reads they wait for cannot be scheduled and nested Tune + Train + Data stalls (measured
+on 2 CPUs with two 1-CPU trials: 440 s of a 460 s trial spent waiting).
 
 Failures: a trial that raises is retried ``sweep.max_failures`` times, then reported as
 failed (error line in the sweep result, the analysis table and ``sas-ray status``).
@@ -38,12 +42,13 @@ failed (error line in the sweep result, the analysis table and ``sas-ray status`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +93,7 @@ def _cell(cfg: Config, strategy: str, fraction: float, ranking: str | None,
 
 
 def check_fractions(fractions: Sequence[float]) -> list[float]:
+    """The distinct fractions, sorted; an error for an empty list or one outside (0, 1]."""
     if not fractions:
         raise SasRayError("sweep.fractions is empty; pass e.g. --sweep.fractions 0.2,0.5")
     for f in fractions:
@@ -142,6 +148,7 @@ def num_train_images(shards: Mapping[str, Any]) -> int:
 
 
 def seeds_of(cfg: Config) -> list[int]:
+    """The distinct ``sweep.seeds``, sorted; an error when there are none."""
     if not cfg.sweep.seeds:
         raise SasRayError("sweep.seeds is empty; pass e.g. --sweep.seeds 0,1,2")
     return sorted(set(cfg.sweep.seeds))
@@ -174,11 +181,14 @@ class SweepSpec:
         return dataclasses.asdict(self)
 
 
+def sweep_spec(cfg: Config, shards_uri: str, shards: Mapping[str, Any],
+               rankings: Mapping[tuple[str, float], tuple[str, str]], runs: str) -> SweepSpec:
+    """The sweep of ``cfg`` over the shards at ``shards_uri`` (``shards``: their manifest)."""
+    return SweepSpec(data=shards_uri, runs=runs, cells=make_cells(cfg, shards, rankings),
+                     seeds=seeds_of(cfg), config=cfg.to_dict())
+
+
 # ---------------------------------------------------------------------------- trial
-def trial_result_uri(runs: str, cell: Mapping[str, Any], seed: int) -> str:
-    return storage.join(runs, run_name(cell, seed), "result")
-
-
 def read_trial_result(uri: str, cell: Mapping[str, Any], seed: int) -> dict[str, Any] | None:
     """The stored metrics of a finished trial, or None if there are none for this cell/seed."""
     fp = storage.stage_fingerprint(TRIAL_STAGE, dict(cell), {}, seed)
@@ -285,7 +295,8 @@ class TrialLog(ray.tune.Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         r, p = trial.last_result or {}, trial.config
         if "linear_acc" in r:
-            how = "stored result" if r.get("cached") else f"trained {r[TIME_METRIC]:.0f} s"
+            how = ("stored result" if r.get("cached") else "evaluated a finished training"
+                   if r.get("reused_training") else f"trained {r[TIME_METRIC]:.0f} s")
             log.info("trial %s f=%.2f seed=%s: linear probe %.1f%%, kNN %.1f%% (%s)",
                      p["subset"]["strategy"], p["subset"]["fraction"], p["seed"],
                      r["linear_acc"], r["knn_acc"], how)
@@ -331,16 +342,29 @@ def _trial_dirname(trial: Any) -> str:
     return f"{run_name(p['subset'], p['seed'])}-{trial.trial_id}"
 
 
-def _tune_storage(experiment: str) -> tuple[str, str, Any]:
-    """(storage_path, name, filesystem) for Tune from an experiment URI."""
-    fs, path = storage.filesystem(experiment)
-    parent, name = path.rstrip("/").rsplit("/", 1)
-    return parent, name, fs
-
-
 def _same_grid(experiment: str, spec: SweepSpec) -> bool:
     uri = storage.join(experiment, SPEC_FILE)
     return storage.exists(uri) and storage.read_json(uri).get("fingerprint") == spec.fingerprint
+
+
+@contextlib.contextmanager
+def _quiet_tune(quiet: bool) -> Iterator[None]:
+    """Silence Tune's console reporter and error log (TrialLog reports each trial instead)."""
+    if not quiet:
+        yield
+        return
+    tune_log = logging.getLogger("ray.tune")
+    level, output = tune_log.level, os.environ.get("RAY_AIR_NEW_OUTPUT")
+    tune_log.setLevel(logging.CRITICAL)
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the legacy reporter honours verbose=0
+    try:
+        yield
+    finally:
+        tune_log.setLevel(level)
+        if output is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT")
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = output
 
 
 def run_sweep(cfg: Config, spec: SweepSpec, experiment: str, *,
@@ -356,22 +380,23 @@ def run_sweep(cfg: Config, spec: SweepSpec, experiment: str, *,
 
     ensure_ray(cfg.run)
     start = time.perf_counter()
-    parent, name, fs = _tune_storage(experiment)
+    fs, path = storage.filesystem(experiment)  # Tune gets the same filesystem (s3fs on S3)
+    parent, name = path.rstrip("/").rsplit("/", 1)
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(run_trial, spec=spec.to_json()), trial_bundle(cfg))
     trials = len(spec.cells) * len(spec.seeds)
     gpus = cluster_gpus() if want_gpu(cfg.train.use_gpu) else 0.0
     concurrent = max_concurrent_trials(cfg, cluster_cpus(), gpus, trials)
     restored = _same_grid(experiment, spec) and ray.tune.Tuner.can_restore(
-        storage.filesystem(experiment)[1], storage_filesystem=fs)
+        path, storage_filesystem=fs)
     if restored:
         log.info("resuming the sweep at %s (finished trials are kept)", experiment)
-        tuner = ray.tune.Tuner.restore(storage.filesystem(experiment)[1], trainable=trainable,
-                                       resume_errored=True, storage_filesystem=fs)
+        tuner = ray.tune.Tuner.restore(path, trainable=trainable, resume_errored=True,
+                                       storage_filesystem=fs)
     else:
         if storage.exists(experiment):
-            log.info("the sweep grid changed; replacing the Tune experiment at %s (stored "
-                     "trial results are reused)", experiment)
+            log.info("replacing the Tune experiment at %s: another grid, or it never saved its "
+                     "state (stored trial results are reused)", experiment)
             storage.delete(experiment)
         storage.write_json_atomic(storage.join(experiment, SPEC_FILE), spec.to_json())
         tuner = ray.tune.Tuner(
@@ -387,14 +412,8 @@ def run_sweep(cfg: Config, spec: SweepSpec, experiment: str, *,
                 callbacks=[TrialLog(), *callbacks]))
     log.info("sweep: %d trials (%d cells x %d seeds), up to %d at a time -> %s", trials,
              len(spec.cells), len(spec.seeds), concurrent, experiment)
-    tune_log = logging.getLogger("ray.tune")
-    level = tune_log.level
-    if not log.isEnabledFor(logging.DEBUG):
-        tune_log.setLevel(logging.CRITICAL)  # trial errors are logged by TrialLog instead
-    try:
+    with _quiet_tune(not log.isEnabledFor(logging.DEBUG)):
         tuner.fit()
-    finally:
-        tune_log.setLevel(level)
     records, _ = read_experiment(experiment)
     done = {r.key for r in records if r.finished}
     expected = [(c["strategy"], round(float(c["fraction"]), 6), s)
@@ -437,22 +456,22 @@ def summary_lines(result: SweepResult) -> list[str]:
 
 
 def cli_sweep(cfg: Config, args: argparse.Namespace) -> None:
-    """``sas-ray sweep [--experiment DIR]``: the sweep over the rankings of ``run.storage``."""
+    """``sas-ray sweep [--experiment DIR]``: the sweep over the rankings a pipeline run left in
+    ``run.storage``; prints the table (``sas-ray analyze`` writes the report files)."""
     from sas_ray.tune.analysis import analyze, render
-    from sas_ray.tune.pipeline import Layout
+    from sas_ray.tune.pipeline import Layout, existing_shards
 
     layout = Layout(cfg.run.storage)
-    shards = storage.require_manifest(layout.shards, "shards")
-    spec = SweepSpec(data=layout.shards, runs=layout.runs,
-                     cells=make_cells(cfg, shards, sweep_rankings(cfg, layout.rankings)),
-                     seeds=seeds_of(cfg), config=cfg.to_dict())
+    shards_uri, shards = existing_shards(cfg, layout)
+    spec = sweep_spec(cfg, shards_uri, shards, sweep_rankings(cfg, layout.rankings), layout.runs)
     result = run_sweep(cfg, spec, args.experiment or layout.sweep)
     print("\n".join(summary_lines(result)))
     print(render(analyze(result.experiment, cfg.analyze)), end="")
-    _raise_if_incomplete(result)
+    raise_if_incomplete(result)
 
 
-def _raise_if_incomplete(result: SweepResult) -> None:
+def raise_if_incomplete(result: SweepResult) -> None:
+    """One error line for failed or unfinished trials (after their results were shown)."""
     if result.failed:
         first = result.failed[0]
         raise SasRayError(f"{len(result.failed)} trial(s) failed (first: {first.strategy} "
@@ -461,4 +480,3 @@ def _raise_if_incomplete(result: SweepResult) -> None:
     if result.missing:
         raise SasRayError(f"the sweep stopped with {len(result.missing)} trial(s) unfinished; "
                           "rerun the same command to resume it")
-

@@ -1,6 +1,7 @@
-"""The Tune sweep end to end on tiny synthetic data: 2 strategies x 2 fractions + full data,
-interrupted after its first finished trial and resumed, with a strategy whose ranking is
-corrupt (its trials fail, are retried and reported); then the analysis report."""
+"""The Tune sweep end to end on tiny synthetic data: 2 strategies x 2 fractions, interrupted
+after its first finished trial and resumed, with a strategy whose ranking is corrupt (its
+trial fails, is retried and reported); then the analysis report. (The full-data baseline
+trial runs in test_pipeline, where it reuses the proxy's training.)"""
 
 from __future__ import annotations
 
@@ -10,15 +11,16 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import ray.tune
 
 from sas_ray import config, storage
 from sas_ray.models import model_from_config
 from sas_ray.models.checkpoint import save_encoder
-from sas_ray.tune.analysis import PLOT_FILE, analyze, render, report_files, write_report
+from sas_ray.tune.analysis import PLOT_FILE, analyze, render, write_report
 from sas_ray.tune.pipeline import Layout, State, proxy_stage, ranking_stage, shards_stage
-from sas_ray.tune.sweep import SweepSpec, make_cells, run_name, run_sweep, seeds_of
+from sas_ray.tune.sweep import SweepSpec, make_cells, run_name, run_sweep, run_trial, seeds_of
 
 pytestmark = pytest.mark.ray
 
@@ -28,6 +30,7 @@ TINY = {
     "model.width": 0.125, "model.proj_dim": 16, "train.epochs": 1, "train.batch_size": 16,
     "eval.knn_k": 5, "eval.probe_epochs": 20, "embed.views": 1, "embed.num_actors": 1,
     "select.strategies": "sas,random", "sweep.fractions": "0.25,0.5", "sweep.max_failures": 1,
+    "sweep.include_full": False,
 }
 
 
@@ -72,7 +75,7 @@ def test_sweep_resumes_reports_failures_and_analyzes(ray_session: Any, tmp_path:
     spec = SweepSpec(data=shards_uri, runs=layout.runs,
                      cells=make_cells(cfg, shards, rankings),
                      seeds=seeds_of(cfg), config=cfg.to_dict())
-    assert len(spec.cells) == 6  # sas, random x 0.25, 0.5; broken x 0.25; full
+    assert len(spec.cells) == 5  # sas, random x 0.25, 0.5; broken x 0.25
 
     first = run_sweep(cfg, spec, layout.sweep,
                       callbacks=[InterruptOnce(str(tmp_path / "interrupted"))])
@@ -84,7 +87,7 @@ def test_sweep_resumes_reports_failures_and_analyzes(ray_session: Any, tmp_path:
     assert second.restored
     finished = {r.key: r for r in second.finished}
     assert set(finished) == {("sas", 0.25, 0), ("sas", 0.5, 0), ("random", 0.25, 0),
-                             ("random", 0.5, 0), ("full", 1.0, 0)}
+                             ("random", 0.5, 0)}
     for key, stamp in done_before.items():  # not redone: same report, not even from cache
         assert finished[key].metrics["timestamp"] == stamp
         assert finished[key].metrics["cached"] is False
@@ -100,13 +103,20 @@ def test_sweep_resumes_reports_failures_and_analyzes(ray_session: Any, tmp_path:
     assert subset == 16  # a quarter of 2 x 32 train images
 
     report = analyze(layout.sweep, cfg.analyze)
-    write_report(report, layout.report)
-    files = report_files(layout.report)
+    files = write_report(report, layout.report)
     with open(files["table.csv"]) as f:
         rows = [(r["strategy"], float(r["fraction"])) for r in csv.DictReader(f)]
-    assert rows == [("sas", 0.25), ("sas", 0.5), ("random", 0.25), ("random", 0.5),
-                    ("full", 1.0)]
+    assert rows == [("sas", 0.25), ("sas", 0.5), ("random", 0.25), ("random", 0.5)]
     assert storage.read_bytes(files[PLOT_FILE])[:4] == b"\x89PNG"
     text = render(report)
     assert "FAILED broken f=0.25 seed=0" in text
-    assert "data savings" in text
+    assert "no full-data baseline finished" in text
+
+    # the Python API on Tune's own ResultGrid gives the same table
+    grid = ray.tune.Tuner.restore(layout.sweep, trainable=run_trial).get_results()
+    from_grid = analyze(grid, cfg.analyze)
+    by_key = ["strategy", "fraction"]
+    pd.testing.assert_frame_equal(
+        from_grid.cells.sort_values(by_key).reset_index(drop=True),
+        report.cells.sort_values(by_key).reset_index(drop=True))
+    assert [r.key for r in from_grid.failed] == [("broken", 0.25, 0)]

@@ -6,11 +6,13 @@ import csv
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from sas_ray import storage
 from sas_ray.cli import main
+from sas_ray.config import AnalyzeConfig
 from sas_ray.errors import SasRayError
 from sas_ray.tune.analysis import (
     PLOT_FILE,
@@ -18,6 +20,7 @@ from sas_ray.tune.analysis import (
     TrialRecord,
     analyze,
     read_experiment,
+    records_from_result_grid,
     render,
     report_files,
     summarize,
@@ -103,6 +106,28 @@ def test_no_full_baseline_says_so() -> None:
     assert report.cells["linear_acc_gap_full"].isna().all()
 
 
+def test_records_from_a_result_grid() -> None:
+    """Anything shaped like ray.tune.Result (config, metrics, error, path) works."""
+    def result(strategy: str, fraction: float, seed: int, acc: float | None,
+               error: Exception | None = None) -> SimpleNamespace:
+        metrics = None if acc is None else {"linear_acc": acc, "knn_acc": acc - 5.0,
+                                            "train_time_s": 10.0, "trial_id": "t"}
+        return SimpleNamespace(config={"subset": {"strategy": strategy, "fraction": fraction},
+                                       "seed": seed}, metrics=metrics, error=error, path="p")
+
+    grid = [result("sas", 0.5, 0, 80.0), result("full", 1.0, 0, 80.2),
+            result("random", 0.5, 0, None, RuntimeError("Traceback...\nValueError: bad rank"))]
+    records = records_from_result_grid(grid)
+    assert [r.status for r in records] == ["TERMINATED", "TERMINATED", "ERROR"]
+    assert records[2].error == "ValueError: bad rank"
+    report = analyze(grid, AnalyzeConfig(tolerance=0.5))
+    assert report.savings.set_index("strategy").loc["sas", "fraction"] == pytest.approx(0.5)
+    assert [r.strategy for r in report.failed] == ["random"]
+    with pytest.raises(SasRayError, match="not from a sas-ray sweep"):
+        records_from_result_grid([SimpleNamespace(config={"lr": 1}, metrics={}, error=None,
+                                                  path="p")])
+
+
 def write_tune_dir(root: Path, records: list[TrialRecord], with_state: bool) -> None:
     """Lay records out like Ray Tune 2.60 does: a folder per trial with params.json,
     result.json (JSON lines), error.txt, and the experiment_state-*.json with trial_data."""
@@ -144,10 +169,12 @@ def test_reads_tune_experiment_dir(tmp_path: Path, with_state: bool) -> None:
 def test_write_report_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write_tune_dir(tmp_path / "exp", all_records(), with_state=True)
     out = str(tmp_path / "report")
-    manifest = write_report(analyze(str(tmp_path / "exp")), out, title="t")
-    assert manifest["stage"] == "report" and manifest["meta"]["finished"] == 10
-    files = report_files(out)
-    assert set(files) == {"table.md", "table.csv", "savings.csv", PLOT_FILE}
+    files = write_report(analyze(str(tmp_path / "exp")), out, title="t")
+    assert files == report_files(out)
+    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == sorted(
+        ["table.md", "table.csv", "savings.csv", PLOT_FILE, "manifest.json"])
+    manifest = storage.require_manifest(out, "report")
+    assert manifest["meta"]["finished"] == 10 and sorted(manifest["files"]) == sorted(files)
     assert storage.read_bytes(files[PLOT_FILE])[:8] == b"\x89PNG\r\n\x1a\n"
     with open(files["table.csv"]) as f:
         rows = list(csv.DictReader(f))
@@ -158,7 +185,7 @@ def test_write_report_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["analyze", str(tmp_path / "exp"), "--analyze.tolerance", "10"]) == 0
     printed = capsys.readouterr().out
     assert "keep 30% of the data" in printed and PLOT_FILE in printed
-    assert (tmp_path / "report" / "manifest.json").exists()  # default: next to the experiment
+    assert "keep 30%" in (tmp_path / "report" / "table.md").read_text()  # next to the experiment
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
