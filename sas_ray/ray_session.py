@@ -1,8 +1,12 @@
 """Connecting to Ray once per process, quietly, and asking what the cluster has.
 
 ``ensure_ray`` joins ``run.ray_address`` (or ``$RAY_ADDRESS``, e.g. inside ``ray job
-submit``) when set, else starts a local instance. ``cluster_gpus`` lets stages decide
-``num_gpus`` from real resources: a GPU actor on a CPU-only cluster would wait forever.
+submit``) when set, else starts a local instance. The local dashboard stays on: it also serves
+the state API that Ray Train's placement-group cleaner polls, and without it (Ray 2.60) that
+cleaner takes a live training run for dead and removes its workers mid-run.
+
+``cluster_gpus`` lets stages decide ``num_gpus`` from real resources: a GPU actor on a
+CPU-only cluster would wait forever.
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ def ensure_ray(run: RunConfig | None = None) -> Any:
         "logging_level": logging.WARNING,
         "log_to_driver": True,
         "configure_logging": True,
-        "include_dashboard": False if address is None else None,
     }
     if address is None:
         kwargs.update(address="local", num_cpus=run.num_cpus,
@@ -37,8 +40,9 @@ def ensure_ray(run: RunConfig | None = None) -> Any:
         kwargs["address"] = address
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    ray.init(**kwargs)
-    log.info("ray: %s", ray.cluster_resources())
+    context = ray.init(**kwargs)
+    log.info("ray: %s%s", ray.cluster_resources(),
+             f", dashboard http://{context.dashboard_url}" if context.dashboard_url else "")
     return ray
 
 
