@@ -45,6 +45,12 @@ def join(uri: str, *parts: str) -> str:
     return out
 
 
+def absolute(uri: str) -> str:
+    """``uri`` unchanged on S3, else as an absolute path (Ray Tune runs each trial in a working
+    directory of its own, where a relative path means something else)."""
+    return uri if is_s3(uri) else os.path.abspath(uri)
+
+
 def s3_endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
 
@@ -289,7 +295,7 @@ def commit_manifest(uri: str, stage: str, files: list[str], *, config: Any = Non
 
 
 def _norm(uri: str) -> str:
-    return uri.rstrip("/") if is_s3(uri) else os.path.abspath(uri)
+    return absolute(uri).rstrip("/")
 
 
 def _sweep_stale(uri: str, keep: str) -> None:

@@ -193,7 +193,7 @@ def _records_from_trial_dirs(root: str, files: list[str]) -> list[TrialRecord]:
 
 def _strip(uri: str) -> str:
     """``uri`` as ``list_files`` spells its entries (absolute local path or ``s3://...``)."""
-    return uri.rstrip("/") if storage.is_s3(uri) else os.path.abspath(uri)
+    return storage.absolute(uri).rstrip("/")
 
 
 def last_line(text: str) -> str:
@@ -413,7 +413,10 @@ def plot(report: Report, path: str, title: str = "") -> None:
         ax.set_ylabel(f"{name} test accuracy (%)")
         ax.set_title(name)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+        if cells.empty:
+            ax.text(0.5, 0.5, "no finished trials yet", ha="center", transform=ax.transAxes)
+        else:
+            ax.legend(fontsize="small")
     if title:
         fig.suptitle(title)
     fig.tight_layout()

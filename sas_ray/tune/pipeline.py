@@ -53,9 +53,12 @@ STAGES = ("shards", "proxy", "embeddings", "partition", "rankings", "sweep", "re
 
 @dataclass(frozen=True)
 class Layout:
-    """Where each stage's output lives under ``root`` (= ``run.storage``)."""
+    """Where each stage's output lives under ``root`` (= ``run.storage``, made absolute)."""
 
     root: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", storage.absolute(self.root))
 
     def _at(self, name: str) -> str:
         return storage.join(self.root, name)
@@ -124,7 +127,7 @@ def given_shards(cfg: Config) -> dict[str, Any] | None:
 def existing_shards(cfg: Config, layout: Layout) -> tuple[str, dict[str, Any]]:
     """(URI, manifest) of the shards a sweep trains on, without ingesting anything."""
     if (given := given_shards(cfg)) is not None:
-        return cfg.data.source, given
+        return storage.absolute(cfg.data.source), given
     return layout.shards, storage.require_manifest(layout.shards, "shards")
 
 
@@ -132,9 +135,10 @@ def shards_stage(cfg: Config, layout: Layout, state: State) -> tuple[str, dict[s
     """Ingest ``data.source`` into ``shards/`` - or use it as is when it is a shards artifact.
     Returns the shards' URI and manifest."""
     if (given := given_shards(cfg)) is not None:
-        state.record("shards", fingerprint=given["fingerprint"], uri=cfg.data.source,
-                     cached=True, seconds=0.0, given=True)
-        return cfg.data.source, given
+        uri = storage.absolute(cfg.data.source)
+        state.record("shards", fingerprint=given["fingerprint"], uri=uri, cached=True,
+                     seconds=0.0, given=True)
+        return uri, given
     from sas_ray.data.ingest import ingest
 
     return layout.shards, _artifact_stage(state, "shards", layout.shards,

@@ -7,15 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from sas_ray import config
+from sas_ray import config, storage
 from sas_ray.config import Config
 from sas_ray.errors import SasRayError
+from sas_ray.tune.pipeline import Layout
 from sas_ray.tune.sweep import (
     SweepSpec,
     check_subset_sizes,
     make_cells,
     max_concurrent_trials,
     run_name,
+    sweep_spec,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,3 +111,15 @@ def test_the_builtin_defaults_are_the_quickstart() -> None:
     cifar = config.load(ROOT / "configs" / "cifar10_cpu.yaml")
     check_subset_sizes(cifar, 50_000)
     assert cifar.data.source.endswith("cifar10-jpeg.tar.gz")
+
+
+def test_trials_get_absolute_local_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tune runs each trial in a working directory of its own: a relative run.storage must
+    reach the trials as absolute paths (S3 URIs stay as they are)."""
+    monkeypatch.chdir(tmp_path)
+    layout = Layout("outputs/run")
+    rankings = {("sas", 0.2): (storage.join(layout.rankings, "sas"), "fp")}
+    spec = sweep_spec(small_cfg(), layout.shards, SHARDS, rankings, layout.runs)
+    paths = [spec.data, spec.runs, *(c["ranking"] for c in spec.cells if c["ranking"])]
+    assert len(paths) == 3 and all(p.startswith(f"{tmp_path}/outputs/run/") for p in paths)
+    assert Layout("s3://bucket/run").sweep == "s3://bucket/run/sweep"
