@@ -10,7 +10,8 @@ subset of the CIFAR-10 tar (``--pool`` train images), written as an ImageFolder 
 (JPEG bytes unchanged) and ingested once.
 
 Reported (seconds): ray.init, ingest and proxy training (once per data set and reused for
-every fraction, so outside the comparison; the ratio including the proxy is printed too),
+every fraction, so outside the comparison; the ratio including the proxy is printed too;
+``--quick`` embeds with an untrained proxy instead, which costs the same to run),
 the full-data fit, embed, partition, rank, the subset fit; and the ratios
 
     pipeline / full = (embed + partition + rank + subset fit) / full fit
@@ -38,11 +39,13 @@ from benchmarks.replicate import DEFAULT_DATA, stratified
 from sas_ray.config import Config
 from sas_ray.data.sources import imagefolder_tar
 from sas_ray.errors import SasRayError
+from sas_ray.models import model_from_config
+from sas_ray.models.checkpoint import save_encoder
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SIZES = {  # pool images, epochs, proxy epochs
+SIZES = {  # pool images, epochs, proxy epochs (0: an untrained proxy)
     "full": (4000, 3, 2),
-    "quick": (1000, 2, 1),
+    "quick": (1000, 2, 0),
 }
 
 
@@ -101,12 +104,16 @@ def main(argv: list[str] | None = None) -> None:
         shards = str(root / "shards")
         _, t["ingest"] = timed(lambda: ingest(str(root / "images"), shards, cfg))
 
-        cfg.train.epochs = proxy_epochs
-        proxy, t["proxy_fit"] = timed(lambda: fit(cfg, shards, str(root / "proxy")))
+        proxy = str(root / "proxy.pt")
+        if proxy_epochs:
+            cfg.train.epochs = proxy_epochs
+            run, t["proxy_fit"] = timed(lambda: fit(cfg, shards, str(root / "proxy")))
+            proxy = run["checkpoint"]
+        else:
+            save_encoder(proxy, model_from_config(cfg), cfg)
         cfg.train.epochs = epochs
         full, t["full_fit"] = timed(lambda: fit(cfg, shards, str(root / "full")))
-        _, t["embed"] = timed(lambda: embed(cfg, shards, proxy["checkpoint"],
-                                            str(root / "emb")))
+        _, t["embed"] = timed(lambda: embed(cfg, shards, proxy, str(root / "emb")))
         _, t["partition"] = timed(lambda: partition(cfg, str(root / "emb"), str(root / "part")))
         _, t["rank"] = timed(lambda: rank(cfg, str(root / "emb"), str(root / "part"), "sas",
                                           str(root / "rank")))
@@ -130,8 +137,8 @@ def main(argv: list[str] | None = None) -> None:
            "subset_fit_startup": round(sub["startup_seconds"], 2),
            "select_total": round(select, 2), "pipeline": round(pipeline, 2)},
         "ratio_pipeline_vs_full": round(pipeline / t["full_fit"], 3),
-        "ratio_pipeline_with_proxy_vs_full": round((pipeline + t["proxy_fit"]) / t["full_fit"],
-                                                   3),
+        "ratio_pipeline_with_proxy_vs_full": (round((pipeline + t["proxy_fit"]) / t["full_fit"], 3)
+                                              if "proxy_fit" in t else None),
         "ratio_pipeline_vs_full_without_startup": round(
             (select + sub_train) / max(full_train, 1e-9), 3),
         "ratio_subset_train_vs_full_train": round(sub_train / max(full_train, 1e-9), 3),
@@ -140,14 +147,16 @@ def main(argv: list[str] | None = None) -> None:
     s = result["seconds"]
     print(f"{n:,} CIFAR-10 images, {epochs} epochs, fraction {args.fraction} "
           f"({ids.size:,} images), resnet10 x0.25, batch 256, 1 Ray Train worker")
-    print(f"once: ray.init {s['ray_init']:.1f} s, ingest {s['ingest']:.1f} s, proxy fit "
-          f"({proxy_epochs} epochs) {s['proxy_fit']:.1f} s")
+    proxy_text = (f"proxy fit ({proxy_epochs} epochs) {s['proxy_fit']:.1f} s" if proxy_epochs
+                  else "untrained proxy (quick)")
+    print(f"once: ray.init {s['ray_init']:.1f} s, ingest {s['ingest']:.1f} s, {proxy_text}")
     print(f"full data : fit {s['full_fit']:.1f} s (startup {s['full_fit_startup']:.1f} s)")
     print(f"SAS subset: embed {s['embed']:.1f} + partition {s['partition']:.1f} + rank "
           f"{s['rank']:.1f} + fit {s['subset_fit']:.1f} s (startup "
           f"{s['subset_fit_startup']:.1f} s) = {s['pipeline']:.1f} s")
+    with_proxy = result["ratio_pipeline_with_proxy_vs_full"]
     print(f"ratio pipeline/full: {result['ratio_pipeline_vs_full']:.2f}x "
-          f"({result['ratio_pipeline_with_proxy_vs_full']:.2f}x with the proxy fit, "
+          f"({f'{with_proxy:.2f}x' if with_proxy else 'n/a'} with the proxy fit, "
           f"{result['ratio_pipeline_vs_full_without_startup']:.2f}x without Ray Train startup; "
           f"subset/full training epochs {result['ratio_subset_train_vs_full_train']:.2f}x)")
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -32,8 +32,8 @@ RESULTS = HERE / "results"
 BENCHMARKS = ("ingest", "embed", "selection", "train", "end_to_end")
 QUICK_ARGS = {  # benchmarks without a --quick flag; --out keeps the full-size results
     "embed": ["--images", "2000", "--small-images", "256",
-              "--out", str(RESULTS / "embed-quick.json")],
-    "train": ["--images", "512", "--epochs", "2", "--out", str(RESULTS / "train-quick.json")],
+              "--out", "benchmarks/results/embed-quick.json"],
+    "train": ["--images", "512", "--epochs", "2", "--out", "benchmarks/results/train-quick.json"],
 }
 TIMEOUT_S = {"quick": 900, "full": 3 * 3600}
 
@@ -145,7 +145,8 @@ def rows_end_to_end(r: dict[str, Any]) -> list[Row]:
     sides = (f"embed {s.get('embed')} + partition {s.get('partition')} + rank {s.get('rank')}"
              f" + fit on {st.get('subset_images')} images {s.get('subset_fit')} s = "
              f"{s.get('pipeline')} s vs fit on {st.get('images')} images {s.get('full_fit')} s "
-             f"({st.get('epochs')} epochs each; proxy fit {s.get('proxy_fit')} s)")
+             f"({st.get('epochs')} epochs each; proxy fit "
+             f"{num(s.get('proxy_fit')) + ' s' if s.get('proxy_fit') else 'skipped'})")
     return [
         Row(f"end to end: SAS pipeline at f={st.get('fraction')} / full-data training", sides,
             r.get("ratio_pipeline_vs_full"), "x", "", None),
