@@ -308,12 +308,12 @@ def build_trainer(cfg: Config, data: str, out: str, train_ids: np.ndarray | None
                           "lower --train.batch_size or train on more images")
     use_gpu = want_gpu(t.use_gpu)
     _claim_run_dir(cfg, data, out, ids)
-    data_context = ray.data.DataContext.get_current()
-    data_context.enable_progress_bars = False
-    data_context.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-execution INFO lines
     dataset = read_dataset(data, split="train", ids=None if train_ids is None else ids,
                            columns=["id", "image"])
+    # the per-epoch log line replaces a progress bar per epoch (other stages keep theirs)
+    dataset.context.enable_progress_bars = False
+    dataset.context.print_on_execution_start = False
     if info(data)["meta"].get("image_bytes", float("inf")) <= t.cache_mb * 2**20:
         dataset = dataset.materialize()  # small data: read once, not every epoch
     crash = os.environ.get(CRASH_ENV)
