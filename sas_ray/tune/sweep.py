@@ -201,9 +201,14 @@ def completed_fit(out: str) -> dict[str, Any] | None:
     """The summary of a finished ``fit`` into ``out`` (its ``metrics.json``, written last), or
     None. A run directory is named after everything its training depends on, so a summary
     there belongs to this very training: e.g. a trial that crashed while evaluating, or the
-    proxy run when it equals the full-data trial."""
+    proxy run when it equals the full-data trial. Its checkpoint is the one in ``out``, however
+    the path was spelled when it was written (e.g. relative to another working directory)."""
+    from sas_ray.models.checkpoint import ENCODER_FILE
+
     uri = storage.join(out, "metrics.json")
-    return storage.read_json(uri) if storage.exists(uri) else None
+    if not storage.exists(uri):
+        return None
+    return {**storage.read_json(uri), "checkpoint": storage.join(out, ENCODER_FILE)}
 
 
 def train_and_evaluate(cfg: Config, data: str, cell: Mapping[str, Any], out: str

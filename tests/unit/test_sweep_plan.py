@@ -14,6 +14,7 @@ from sas_ray.tune.pipeline import Layout
 from sas_ray.tune.sweep import (
     SweepSpec,
     check_subset_sizes,
+    completed_fit,
     make_cells,
     max_concurrent_trials,
     run_name,
@@ -123,3 +124,13 @@ def test_trials_get_absolute_local_paths(tmp_path: Path, monkeypatch: pytest.Mon
     paths = [spec.data, spec.runs, *(c["ranking"] for c in spec.cells if c["ranking"])]
     assert len(paths) == 3 and all(p.startswith(f"{tmp_path}/outputs/run/") for p in paths)
     assert Layout("s3://bucket/run").sweep == "s3://bucket/run/sweep"
+
+
+def test_a_finished_training_is_found_where_it_is(tmp_path: Path) -> None:
+    """The checkpoint of a finished run is its directory's encoder.pt, even when metrics.json
+    spelled the path relative to the working directory of the process that trained it."""
+    out = str(tmp_path / "runs" / "full")
+    assert completed_fit(out) is None
+    storage.write_json_atomic(f"{out}/metrics.json", {"checkpoint": "outputs/runs/full/encoder.pt",
+                                                      "history": []})
+    assert completed_fit(out)["checkpoint"] == f"{out}/encoder.pt"
