@@ -15,6 +15,7 @@ summary from the result files already there.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import subprocess
@@ -201,10 +202,15 @@ def run_benchmark(name: str, quick: bool, log_dir: Path) -> dict[str, Any]:
 
 
 def collected(name: str, quick: bool) -> dict[str, Any]:
+    """A result file left by an earlier run, with the date and load its benchmark recorded."""
     found = result_file(name, quick, 0)
+    machine = json.loads(found.read_text()).get("machine", {}) if found else {}
+    load = machine.get("load_avg_1m", (machine.get("loadavg_before") or [None])[0])
+    date = machine.get("date") or (dt.datetime.fromtimestamp(found.stat().st_mtime, dt.UTC)
+                                   .isoformat(timespec="seconds") if found else None)
     return {"name": name, "command": " ".join(["python", *command(name, quick)[1:]]),
-            "returncode": None, "seconds": None, "load_before": None, "load_after": None,
-            "result": str(found) if found else None, "log_tail": []}
+            "returncode": None, "seconds": None, "load_before": load, "load_after": None,
+            "measured": date, "result": str(found) if found else None, "log_tail": []}
 
 
 def fmt_value(row: Row) -> str:
@@ -242,13 +248,14 @@ def summary(runs: list[dict[str, Any]], quick: bool, info: dict[str, Any]) -> st
                 meets += " (quick sizes; the target is for the full ones)"
             lines.append(f"| {name} | {row.what} | {row.sides} | {fmt_value(row)} | "
                          f"{row.target or '(none)'} | {meets} |")
-    lines += ["", "| benchmark | command | wall s | exit | load avg before → after | result |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "| benchmark | command | measured | wall s | exit | load avg before → after "
+              "| result |", "|---|---|---|---|---|---|---|"]
     for run in runs:
-        load = ("-" if run["load_before"] is None else
-                f"{run['load_before']:.1f} → {run['load_after']:.1f}")
+        load = ("-" if run["load_before"] is None else f"{run['load_before']:.1f} → " + (
+            "-" if run["load_after"] is None else f"{run['load_after']:.1f}"))
         result = Path(run["result"]).relative_to(HERE.parent) if run["result"] else "-"
-        lines.append(f"| {run['name']} | `{run['command']}` | {run['seconds'] or '-'} | "
+        lines.append(f"| {run['name']} | `{run['command']}` | {run.get('measured') or 'this run'}"
+                     f" | {run['seconds'] or '-'} | "
                      f"{run['returncode'] if run['returncode'] is not None else '-'} | {load} | "
                      f"{result} |")
     if notes:
