@@ -89,6 +89,9 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory, s3_server: str) -> Iterat
         [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
          f"--temp-dir={temp_dir}", f"--ray-client-server-port={_free_port()}",
+         # the agent's HTTP port is fixed (52365) by default: another local Ray (the test
+         # session's) holding it leaves this head without a job agent
+         f"--dashboard-agent-listen-port={_free_port()}",
          "--disable-usage-stats"], env=env, text=True, capture_output=True, timeout=120)
     assert start.returncode == 0, start.stdout[-2000:] + start.stderr[-2000:]
     try:
