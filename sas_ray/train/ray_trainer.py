@@ -131,7 +131,7 @@ def _knn_monitor(cfg: Config, data: str) -> Any:
     rows = np.sort(rng.permutation(table.num_rows)[:cfg.train.knn_images])
     table = table.take(rows)
     images = decode_images(table.column("image").to_pylist(), size=cfg.data.image_size)
-    labels = table.column("label").to_numpy()
+    labels = table.column("label").to_numpy().astype(np.int64)  # a writable copy for torch
     bank, query = stratified_split(labels, cfg.eval.val_fraction, cfg.run.seed)
     y = torch.from_numpy(labels)
     classes = int(labels.max()) + 1 if len(labels) else 1
