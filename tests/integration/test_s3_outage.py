@@ -11,7 +11,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -91,12 +91,12 @@ def flaky_s3(s3_server: str, s3_bucket: str,
     forwarder.close()
 
 
-def _write(uri: str, files: dict[str, bytes], during: object = None) -> None:
+def _write(uri: str, files: dict[str, bytes], during: Callable[[], None] | None = None) -> None:
     """Write ``files`` as one artifact; call ``during()`` after the first file."""
     with storage.write_artifact(uri, "demo", config={"files": sorted(files)}) as w:
         for i, (name, data) in enumerate(files.items()):
             storage.write_bytes_atomic(storage.join(w.dir, name), data)
-            if i == 0 and callable(during):
+            if i == 0 and during is not None:
                 during()
 
 
