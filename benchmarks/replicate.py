@@ -61,6 +61,7 @@ from sas_ray.data.sources import imagefolder_tar
 from sas_ray.errors import SasRayError
 from sas_ray.models.backbones import build_backbone
 from sas_ray.models.checkpoint import load_encoder, save_encoder
+from sas_ray.models.embedding import mean_view_embeddings
 from sas_ray.models.heads import SimCLR, build_model
 from sas_ray.models.optim import build_optimizer
 from sas_ray.selection.latent import latent_classes
@@ -312,13 +313,6 @@ class Stages:
         path = self.cache / f"embeddings-{self.embed_fp}.npy"
         if path.exists():
             return np.load(path)
-        try:  # the core formula lives in sas_ray.embed, which imports pyarrow at module level
-            from sas_ray.embed import mean_view_embeddings
-        except ImportError as err:
-            raise SasRayError(f"embedding needs sas_ray.embed, which failed to import ({err}); "
-                              "pip install pyarrow, or move mean_view_embeddings into a "
-                              "Ray-free module") from err
-
         model = self.proxy().eval()
         augment = SimCLRAugment(size=self.scale.image_size)
         torch.manual_seed(0)

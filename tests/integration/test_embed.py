@@ -20,16 +20,10 @@ from sas_ray.data import shards
 from sas_ray.data.augment import SimCLRAugment, to_nchw
 from sas_ray.data.images import decode_images
 from sas_ray.data.ingest import ingest
-from sas_ray.embed import (
-    FAULT_ENV,
-    actor_resources,
-    embed,
-    example_generators,
-    mean_view_embeddings,
-    output_schema,
-)
+from sas_ray.embed import FAULT_ENV, actor_resources, embed, output_schema
 from sas_ray.errors import SasRayError
 from sas_ray.models.checkpoint import load_encoder, save_encoder
+from sas_ray.models.embedding import example_generators, mean_view_embeddings
 from sas_ray.models.heads import build_model
 
 DIM = 32
