@@ -615,8 +615,9 @@ def verdict_sas_vs_random(results: dict[RunKey, dict], latent: str,
     return f"{head} — " + "; ".join(rows)
 
 
-def report(out: Path, settings: dict[str, Any]) -> str:
-    """The Markdown report of every finished run under ``out``."""
+def report(out: Path, settings: dict[str, Any], plots: dict[str, str]) -> str:
+    """The Markdown report of every finished run under ``out``; ``plots`` maps a latent method
+    to the link of its accuracy-vs-fraction plot."""
     results = load_results(out)
     scale, plan = settings["scale"], settings["plan"]
     fractions, latents = plan["fractions"], plan["latents"]
@@ -657,6 +658,8 @@ def report(out: Path, settings: dict[str, Any]) -> str:
         agree_txt = (f" (purity {agree['purity']:.3f}, NMI {agree['nmi']:.3f} against the "
                      "true labels)" if agree else "")
         lines += [f"## Latent classes: {latent}{agree_txt}", ""]
+        if latent in plots:
+            lines += [f"![accuracy vs fraction, latent classes: {latent}]({plots[latent]})", ""]
         shown = [f for f in fractions if any(collect(results, latent, s, f, "linear_acc")
                                              for s in strategies)]
         for metric, title in (("linear_acc", "Linear probe"), ("knn_acc", "kNN")):
@@ -741,6 +744,49 @@ def report(out: Path, settings: dict[str, Any]) -> str:
                          f"shares {corr['overlap']:.3f} of its rows with the least-forgettable "
                          f"{f:.0%} (chance {f:.3f})")
     return "\n".join(lines) + "\n"
+
+
+def draw_plots(out: Path, settings: dict[str, Any]) -> dict[str, Path]:
+    """``out/plots/accuracy_vs_fraction-<latent>.png`` per latent method with finished runs,
+    drawn by :func:`sas_ray.tune.analysis.plot` (mean ± std over seeds, full data as a line);
+    none where pandas or matplotlib is not installed (a GPU machine may lack them)."""
+    try:
+        from sas_ray.tune.analysis import TrialRecord, plot, summarize
+    except ImportError as err:
+        log(f"plots skipped ({err}); pip install pandas matplotlib to draw them")
+        return {}
+    results = load_results(out)
+    paths = {}
+    for latent in settings["plan"]["latents"]:
+        if not any(k.latent == latent for k in results):
+            continue
+        records = [TrialRecord(k.strategy, k.fraction, k.seed, "TERMINATED",
+                               {"linear_acc": r["linear_acc"], "knn_acc": r["knn_acc"],
+                                "train_time_s": r["train_s"]})
+                   for k, r in results.items() if k.latent in (latent, ANY_LATENT)
+                   and k.strategy not in (FORGET_LEAST, FORGET_MOST)]
+        path = out / "plots" / f"accuracy_vs_fraction-{latent}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}.png")
+        plot(summarize(records), str(tmp), title=f"CIFAR-10, latent classes: {latent}")
+        os.replace(tmp, path)
+        paths[latent] = path
+    return paths
+
+
+def write_reports(out: Path, settings: dict[str, Any], doc: Path | None) -> str:
+    """``out/report.md`` with its plots; with ``doc``, also the report block of ``doc``, its
+    plots copied to the folder named like ``doc`` next to it. Returns the report."""
+    plots = draw_plots(out, settings)
+    text = report(out, settings, {k: f"plots/{p.name}" for k, p in plots.items()})
+    write_atomic(out / "report.md", text)
+    if doc is not None:
+        folder = doc.parent / doc.stem
+        splice_doc(doc, report(out, settings,
+                               {k: f"{folder.name}/{p.name}" for k, p in plots.items()}))
+        for p in plots.values():
+            write_atomic(folder / p.name, p.read_bytes())
+    return text
 
 
 def splice_doc(doc: Path, text: str) -> None:
@@ -891,11 +937,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SasRayError(f"{out} holds no replication (no settings.json); run without "
                               "--report-only first")
         settings = json.loads(settings_path.read_text())
-        text = report(out, settings)
-        write_atomic(out / "report.md", text)
-        if args.doc:
-            splice_doc(Path(args.doc), text)
-        print(text)
+        print(write_reports(out, settings, args.doc and Path(args.doc)))
         return 0
     scale, plan = build_settings(args)
     if args.threads:
@@ -937,10 +979,7 @@ def main(argv: list[str] | None = None) -> int:
         settings["timings"] = stages.timings
         settings["agreement"] = stages.agreement
         write_atomic(settings_path, json.dumps(settings, indent=1, default=str))
-        text = report(out, settings)
-        write_atomic(out / "report.md", text)
-        if args.doc:
-            splice_doc(Path(args.doc), text)
+        write_reports(out, settings, args.doc and Path(args.doc))
 
     stages.embeddings()
     for method in plan.latents:

@@ -92,3 +92,16 @@ def test_replication_runs_without_ray_and_resumes(cifar_like_tar: Path, tmp_path
     assert other.stderr.strip().startswith("error:") and "pass a new --out" in other.stderr
     assert len(other.stderr.strip().splitlines()) == 1
     assert sorted(p.stem for p in (out / "runs").glob("*.json")) == sorted(runs)
+
+    # without pandas / matplotlib the report has no plots; where they exist (here) the report
+    # links one plot per latent method, copied next to the document
+    assert "![" not in text
+    done = subprocess.run([sys.executable, "-m", "benchmarks.replicate", "--out", str(out),
+                           "--report-only", "--doc", str(doc)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for latent in ("labels", "kmeans"):
+        name = f"accuracy_vs_fraction-{latent}.png"
+        assert f"](doc/{name})" in doc.read_text()
+        assert (tmp_path / "doc" / name).read_bytes()[:4] == b"\x89PNG"
+        assert f"](plots/{name})" in (out / "report.md").read_text()
