@@ -18,6 +18,11 @@ from typing import Any
 from sas_ray.config import RunConfig
 
 log = logging.getLogger(__name__)
+# Ray Train 2.60's own DatasetManager actor uses a Ray Data option that Ray deprecated; the
+# warning (one per training run) is not actionable for users. Local workers inherit this filter
+# from the driver's environment; jobs/runtime_env.yaml sets it on a cluster.
+RAY_INTERNAL_WARNINGS = ("ignore:`ExecutionOptions.exclude_resources` is deprecated"
+                         ":DeprecationWarning")
 
 
 def ensure_ray(run: RunConfig | None = None) -> Any:
@@ -34,6 +39,9 @@ def ensure_ray(run: RunConfig | None = None) -> Any:
         "configure_logging": True,
     }
     if address is None:
+        filters = os.environ.get("PYTHONWARNINGS")
+        if RAY_INTERNAL_WARNINGS not in (filters or ""):
+            os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [filters, RAY_INTERNAL_WARNINGS]))
         kwargs.update(address="local", num_cpus=run.num_cpus,
                       object_store_memory=run.object_store_mb and run.object_store_mb * 2**20)
     else:

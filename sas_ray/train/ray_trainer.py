@@ -309,6 +309,8 @@ def build_trainer(cfg: Config, data: str, out: str, train_ids: np.ndarray | None
     use_gpu = want_gpu(t.use_gpu)
     _claim_run_dir(cfg, data, out, ids)
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-execution INFO lines
+    # nor Ray Data's warning that progress bars are off: here that is deliberate (below)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     dataset = read_dataset(data, split="train", ids=None if train_ids is None else ids,
                            columns=["id", "image"])
     # the per-epoch log line replaces a progress bar per epoch (other stages keep theirs)
