@@ -17,6 +17,16 @@ ROOT = Path(__file__).resolve().parents[1]
 CIFAR10_TAR = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 
 
+# The smallest run that still exercises every stage: 2 classes of 16 px images, 1 epoch.
+TINY_RUN: dict[str, object] = {
+    "data.synthetic_classes": 2, "data.synthetic_train_per_class": 32,
+    "data.synthetic_test_per_class": 8, "data.synthetic_size": 16, "data.image_size": 16,
+    "model.width": 0.125, "model.proj_dim": 16, "train.epochs": 1, "train.batch_size": 16,
+    "proxy.epochs": 1, "eval.knn_k": 5, "eval.probe_epochs": 20, "embed.views": 1,
+    "embed.num_actors": 1,
+}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -116,3 +126,10 @@ def image_folder() -> object:
     """``image_folder(root, {"train/cat": 3, "test/dog": 2}, size=8, seed=0)`` writes small
     random PNGs and returns ``{relative path: bytes}``."""
     return _write_image_folder
+
+
+@pytest.fixture
+def tiny_run() -> dict[str, object]:
+    """Config overrides (``section.key`` -> value) of the smallest run that exercises every
+    stage; tests add the sweep settings they need."""
+    return dict(TINY_RUN)

@@ -1,7 +1,8 @@
-"""`sas-ray pipeline` end to end on tiny synthetic data with every output on S3 (moto), and its
-caching: a second run redoes nothing (not even starting a trial), a changed
-select.strategies reruns only the new ranking, the new strategy's trial and the report;
-`sas-ray status` tells what is done."""
+"""`sas-ray pipeline` end to end on tiny synthetic data with local Ray and local files (the
+laptop flow; tests/integration/test_jobs.py runs the cluster flow on S3), and its caching: a
+second run redoes nothing (not even starting a trial), a changed select.strategies reruns only
+the new ranking, the new strategy's trial and the report; `sas-ray status` tells what is
+done."""
 
 from __future__ import annotations
 
@@ -19,15 +20,6 @@ from sas_ray.tune.pipeline import State, run_pipeline, status_lines
 
 pytestmark = pytest.mark.ray
 
-TINY = {
-    "data.synthetic_classes": 2, "data.synthetic_train_per_class": 32,
-    "data.synthetic_test_per_class": 8, "data.synthetic_size": 16, "data.image_size": 16,
-    "model.width": 0.125, "model.proj_dim": 16, "train.epochs": 1, "train.batch_size": 16,
-    "proxy.epochs": 1, "eval.knn_k": 5, "eval.probe_epochs": 20, "embed.views": 1,
-    "embed.num_actors": 1, "select.strategies": "random", "sweep.fractions": "0.5",
-}
-
-
 def stage_lines(caplog: pytest.LogCaptureFixture) -> dict[str, str]:
     """stage -> "cached" | "ran" from this run's "stage X: ..." log lines."""
     out = {}
@@ -38,17 +30,21 @@ def stage_lines(caplog: pytest.LogCaptureFixture) -> dict[str, str]:
     return out
 
 
-def test_pipeline_caches_every_stage(ray_session: Any, s3_bucket: str,
+def test_pipeline_caches_every_stage(ray_session: Any, tmp_path: Path,
+                                     tiny_run: dict[str, object],
                                      caplog: pytest.LogCaptureFixture,
                                      capsys: pytest.CaptureFixture[str]) -> None:
     caplog.set_level(logging.INFO, logger="sas_ray")
-    root = f"{s3_bucket}/run"
-    overrides = {**TINY, "run.storage": root}
+    root = str(tmp_path / "run")
+    overrides = {**tiny_run, "select.strategies": "random", "sweep.fractions": "0.5",
+                 "run.storage": root}
     layout = run_pipeline(config.load(overrides=overrides))
     assert stage_lines(caplog) == {s: "ran" for s in (
         "shards", "proxy", "embeddings", "partition", "rankings/random", "sweep", "report")}
     printed = capsys.readouterr().out
     assert "random" in printed and "report:" in printed
+    for name in ("table.md", "table.csv", "savings.csv", "accuracy_vs_fraction.png"):
+        assert (tmp_path / "run" / "report" / name).stat().st_size > 0, name
     state = State(layout).stages
     assert all(state[s]["seconds"] > 0 for s in ("proxy", "embeddings", "sweep"))
     assert state["sweep"]["complete"] and state["sweep"]["trials"] == 2
@@ -80,7 +76,7 @@ def test_pipeline_caches_every_stage(ray_session: Any, s3_bucket: str,
     assert "sweep trials (3): 3 finished" in text
     assert re.search(r"proxy\s+done\s+fp [0-9a-f]{8}", text), text
     assert main(["status", root]) == 0 and "rankings/sas" in capsys.readouterr().out
-    assert main(["status", f"{s3_bucket}/nothing"]) == 2
+    assert main(["status", str(tmp_path / "nothing")]) == 2
 
 
 def test_bad_sweep_settings_fail_before_any_work(tmp_path: Path,

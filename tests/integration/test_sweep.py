@@ -24,14 +24,8 @@ from sas_ray.tune.sweep import SweepSpec, make_cells, run_name, run_sweep, run_t
 
 pytestmark = pytest.mark.ray
 
-TINY = {
-    "data.synthetic_classes": 2, "data.synthetic_train_per_class": 32,
-    "data.synthetic_test_per_class": 8, "data.synthetic_size": 16, "data.image_size": 16,
-    "model.width": 0.125, "model.proj_dim": 16, "train.epochs": 1, "train.batch_size": 16,
-    "eval.knn_k": 5, "eval.probe_epochs": 20, "embed.views": 1, "embed.num_actors": 1,
-    "select.strategies": "sas,random", "sweep.fractions": "0.25,0.5", "sweep.max_failures": 1,
-    "sweep.include_full": False,
-}
+SWEEP = {"select.strategies": "sas,random", "sweep.fractions": "0.25,0.5",
+         "sweep.max_failures": 1, "sweep.include_full": False}
 
 
 class InterruptOnce(ray.tune.Callback):
@@ -47,8 +41,9 @@ class InterruptOnce(ray.tune.Callback):
             os.kill(os.getpid(), signal.SIGINT)
 
 
-def test_sweep_resumes_reports_failures_and_analyzes(ray_session: Any, tmp_path: Path) -> None:
-    cfg = config.load(overrides={**TINY, "run.storage": str(tmp_path / "run")})
+def test_sweep_resumes_reports_failures_and_analyzes(ray_session: Any, tmp_path: Path,
+                                                     tiny_run: dict[str, object]) -> None:
+    cfg = config.load(overrides={**tiny_run, **SWEEP, "run.storage": str(tmp_path / "run")})
     layout = Layout(cfg.run.storage)
     state = State(layout)
     proxy = str(tmp_path / "proxy.pt")
