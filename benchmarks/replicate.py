@@ -21,8 +21,9 @@ Steps (everything cached or resumable under ``--out``):
    (:func:`sas_ray.selection.supervised.forgetting_events`); SimCLR on the least vs the most
    forgettable examples of each class, and the Spearman correlation of SAS's within-class
    order with the forgetting counts.
-8. ``report.md`` (and, with ``--doc``, the block between the replicate markers of a
-   Markdown file) from whatever runs have finished: ``--report-only`` just rewrites it.
+8. ``report.md`` with an accuracy-vs-fraction plot per latent method (and, with ``--doc``,
+   the block between the replicate markers of a Markdown file, its plots in the folder named
+   like the file) from whatever runs have finished: ``--report-only`` just rewrites it.
 
 Runs are taken in priority order (latent labels: full data, then sas / random /
 sas-reference at the first two fractions; then the forgetting comparison; then the other
