@@ -7,8 +7,9 @@ worker starts, so Ray workers inherit it; the moto server itself starts on first
 from __future__ import annotations
 
 import os
+import random
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,10 +28,27 @@ TINY_RUN: dict[str, object] = {
 }
 
 
+_GIVEN: set[int] = set()
+
+
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port free on every interface, drawn from 20000-32767: above the worker ports of
+    `ray start` (10002-19999) and below the kernel's ephemeral range (32768-60999). A port
+    the kernel hands out (bind to port 0) can be taken, between the test picking it and a
+    server binding it, by the client side of any new connection or by a Ray process that
+    listens on port 0; that once left a test head without its job agent."""
+    rng = random.SystemRandom()
+    while True:
+        port = rng.randrange(20000, 32768)
+        if port in _GIVEN:  # never the same port twice in one test session
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+        _GIVEN.add(port)
+        return port
 
 
 S3_PORT = _free_port()
@@ -133,3 +151,9 @@ def tiny_run() -> dict[str, object]:
     """Config overrides (``section.key`` -> value) of the smallest run that exercises every
     stage; tests add the sweep settings they need."""
     return dict(TINY_RUN)
+
+
+@pytest.fixture(scope="session")
+def free_port() -> Callable[[], int]:
+    """``free_port()`` -> a TCP port no other process is likely to take (see ``_free_port``)."""
+    return _free_port

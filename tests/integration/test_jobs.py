@@ -13,7 +13,7 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,14 +30,6 @@ def pipeline_args(storage: str, overrides: dict[str, object]) -> list[str]:
     --config / --run.storage."""
     return ["pipeline", "--run.storage", storage,
             *(a for key, value in overrides.items() for a in (f"--{key}", str(value)))]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -60,7 +52,8 @@ class Head:
             if "No available agent" not in out.stderr + out.stdout or time.time() > deadline:
                 break
             time.sleep(3)
-        assert out.returncode == 0 or not wait, out.stdout[-3000:] + out.stderr[-3000:]
+        # with --no-wait the exit status is the submission's; with waiting, the job's
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         return sid
 
     def status(self, sid: str) -> str:
@@ -78,21 +71,22 @@ class Head:
 
 
 @pytest.fixture(scope="module")
-def ray_head(tmp_path_factory: pytest.TempPathFactory, s3_server: str) -> Iterator[Head]:
+def ray_head(tmp_path_factory: pytest.TempPathFactory, s3_server: str,
+             free_port: Callable[[], int]) -> Iterator[Head]:
     """A 2-CPU head on 127.0.0.1 with token auth; S3 settings in its environment, as a cluster
     node would have them from its instance profile."""
     temp_dir = tmp_path_factory.mktemp("rayhead")
-    gcs, dash = _free_port(), _free_port()
+    gcs, dash = free_port(), free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
            "PATH": f"{BIN}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
     start = subprocess.run(
         [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
-         f"--temp-dir={temp_dir}", f"--ray-client-server-port={_free_port()}",
+         f"--temp-dir={temp_dir}", f"--ray-client-server-port={free_port()}",
          # the agent's HTTP port is fixed (52365) by default: another local Ray (the test
          # session's) holding it leaves this head without a job agent
-         f"--dashboard-agent-listen-port={_free_port()}",
+         f"--dashboard-agent-listen-port={free_port()}",
          "--disable-usage-stats"], env=env, text=True, capture_output=True, timeout=120)
     assert start.returncode == 0, start.stdout[-2000:] + start.stderr[-2000:]
     try:

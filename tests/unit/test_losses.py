@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import traceback
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -39,12 +39,6 @@ def test_ntxent_is_low_for_aligned_views() -> None:
     z = torch.randn(16, 8)
     aligned = ntxent_loss(z, z + 0.01 * torch.randn_like(z), 0.1)
     assert aligned < ntxent_loss(z, torch.randn_like(z), 0.1)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor, nn.Module]:
@@ -82,10 +76,10 @@ def _worker(rank: int, world: int, port: int, out: mp.SimpleQueue) -> None:
         dist.destroy_process_group()
 
 
-def test_two_processes_equal_one_process() -> None:
+def test_two_processes_equal_one_process(free_port: Callable[[], int]) -> None:
     world = 2
     ctx = mp.get_context("fork")  # children inherit the imports: much faster than spawn
-    out, port = ctx.SimpleQueue(), _free_port()
+    out, port = ctx.SimpleQueue(), free_port()
     procs = [ctx.Process(target=_worker, args=(rank, world, port, out))
              for rank in range(world)]
     for p in procs:
