@@ -616,10 +616,10 @@ def verdict_sas_vs_random(results: dict[RunKey, dict], latent: str,
     return f"{head} — " + "; ".join(rows)
 
 
-def report(out: Path, settings: dict[str, Any], plots: dict[str, str]) -> str:
-    """The Markdown report of every finished run under ``out``; ``plots`` maps a latent method
-    to the link of its accuracy-vs-fraction plot."""
-    results = load_results(out)
+def report(results: dict[RunKey, dict[str, Any]], settings: dict[str, Any],
+           plots: dict[str, str]) -> str:
+    """The Markdown report of the finished runs ``results``; ``plots`` maps a latent method to
+    the link of its accuracy-vs-fraction plot."""
     scale, plan = settings["scale"], settings["plan"]
     fractions, latents = plan["fractions"], plan["latents"]
     strategies = plan["strategies"]
@@ -747,7 +747,8 @@ def report(out: Path, settings: dict[str, Any], plots: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def draw_plots(out: Path, settings: dict[str, Any]) -> dict[str, Path]:
+def draw_plots(out: Path, results: dict[RunKey, dict[str, Any]],
+               settings: dict[str, Any]) -> dict[str, Path]:
     """``out/plots/accuracy_vs_fraction-<latent>.png`` per latent method with finished runs,
     drawn by :func:`sas_ray.tune.analysis.plot` (mean ± std over seeds, full data as a line);
     none where pandas or matplotlib is not installed (a GPU machine may lack them)."""
@@ -756,7 +757,6 @@ def draw_plots(out: Path, settings: dict[str, Any]) -> dict[str, Path]:
     except ImportError as err:
         log(f"plots skipped ({err}); pip install pandas matplotlib to draw them")
         return {}
-    results = load_results(out)
     paths = {}
     for latent in settings["plan"]["latents"]:
         if not any(k.latent == latent for k in results):
@@ -778,12 +778,13 @@ def draw_plots(out: Path, settings: dict[str, Any]) -> dict[str, Path]:
 def write_reports(out: Path, settings: dict[str, Any], doc: Path | None) -> str:
     """``out/report.md`` with its plots; with ``doc``, also the report block of ``doc``, its
     plots copied to the folder named like ``doc`` next to it. Returns the report."""
-    plots = draw_plots(out, settings)
-    text = report(out, settings, {k: f"plots/{p.name}" for k, p in plots.items()})
+    results = load_results(out)
+    plots = draw_plots(out, results, settings)
+    text = report(results, settings, {k: f"plots/{p.name}" for k, p in plots.items()})
     write_atomic(out / "report.md", text)
     if doc is not None:
         folder = doc.parent / doc.stem
-        splice_doc(doc, report(out, settings,
+        splice_doc(doc, report(results, settings,
                                {k: f"{folder.name}/{p.name}" for k, p in plots.items()}))
         for p in plots.values():
             write_atomic(folder / p.name, p.read_bytes())
