@@ -68,9 +68,12 @@ def test_replication_runs_without_ray_and_resumes(cifar_like_tar: Path, tmp_path
     assert first.returncode == 0, first.stderr[-3000:]
 
     runs = {p.stem: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}
-    # full data, sas and random under both latent methods (random is latent-free), and the
-    # least / most forgettable subsets
-    assert len(runs) >= 4, sorted(runs)
+    # full data and random (both latent-free), sas under both latent methods, and the least /
+    # most forgettable subsets under the primary one
+    assert sorted(runs) == sorted([
+        "any__full__f1__s0", "any__random__f0.5__s0", "labels__sas__f0.5__s0",
+        "kmeans__sas__f0.5__s0", "labels__cnn-forgetting-least__f0.5__s0",
+        "labels__cnn-forgetting-most__f0.5__s0"])
     for name, record in runs.items():
         assert 0 <= record["linear_acc"] <= 100 and 0 <= record["knn_acc"] <= 100, name
     settings = json.loads((out / "settings.json").read_text())
