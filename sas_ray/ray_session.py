@@ -39,9 +39,9 @@ def ensure_ray(run: RunConfig | None = None) -> Any:
         "configure_logging": True,
     }
     if address is None:
-        filters = os.environ.get("PYTHONWARNINGS")
-        if RAY_INTERNAL_WARNINGS not in (filters or ""):
-            os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [filters, RAY_INTERNAL_WARNINGS]))
+        filters = os.environ.get("PYTHONWARNINGS", "")
+        if RAY_INTERNAL_WARNINGS not in filters:
+            os.environ["PYTHONWARNINGS"] = f"{filters},{RAY_INTERNAL_WARNINGS}".lstrip(",")
         kwargs.update(address="local", num_cpus=run.num_cpus,
                       object_store_memory=run.object_store_mb and run.object_store_mb * 2**20)
     else:

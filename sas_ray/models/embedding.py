@@ -11,8 +11,9 @@ of the expected cosine similarity ``E[cos(f(v_x), f(v_y))]`` that SAS uses as s_
 Mirzasoleiman 2023); re-normalising would scale it by ``1 / (||e(x)|| ||e(y)||) >= 1``.
 So ``||e(x)|| <= 1``, with equality only when all views of x embed to the same direction.
 
-The views of an example are drawn from a generator seeded by ``(run.seed, id)``, so an
-embedding depends neither on the batch the example lands in nor on the number of actors.
+The views of an example are drawn from a generator seeded by ``(seed, id)``
+(:func:`example_generators`), so an embedding depends neither on the batch the example lands
+in nor on how many processes share the work.
 """
 
 from __future__ import annotations
