@@ -5,12 +5,12 @@ Both paths embed the same train split with the same encoder (a randomly initiali
 batch size and per-example seeding, and at most the same total number of torch threads:
 
 - plain: one process reads the shard table, then decodes, augments and embeds batch after
-  batch with :func:`sas_ray.models.embedding.mean_view_embeddings`. It runs with ``cores``
+  batch with :func:`sas_ray.core.embedding.mean_view_embeddings`. It runs with ``cores``
   torch threads and with 1 thread, and the faster is the baseline: on a busy machine intra-op
   threads wait for each other at every operator (measured here under load: 2 threads at a
   third of the speed of 1), which would flatter the Ray path;
-- Ray: :func:`sas_ray.embed.embed` (shard reader -> actor pool -> Parquet writer -> id check),
-  with its default resources (on 2 cores: 2 actors x 1 thread).
+- Ray: :func:`sas_ray.stages.embed.embed` (shard reader -> actor pool -> Parquet writer ->
+  id check), with its default resources (on 2 cores: 2 actors x 1 thread).
 
 Startup is reported separately. Plain: loading the encoder and reading the table. Ray:
 ``ray.init``, and the fixed cost of a stage run (planning, starting the actors, which import
@@ -39,17 +39,17 @@ import pyarrow.parquet as pq
 import torch
 
 from benchmarks.machine import machine_info, machine_line
-from sas_ray import storage
 from sas_ray.config import Config
-from sas_ray.data.augment import SimCLRAugment, to_nchw
-from sas_ray.data.images import decode_images
-from sas_ray.data.ingest import ingest
-from sas_ray.data.shards import read_table
-from sas_ray.embed import embed
-from sas_ray.models.checkpoint import load_encoder, save_encoder
-from sas_ray.models.embedding import example_generators, mean_view_embeddings
-from sas_ray.models.heads import build_model
-from sas_ray.ray_session import ensure_ray
+from sas_ray.core.data.augment import SimCLRAugment, to_nchw
+from sas_ray.core.data.images import decode_images
+from sas_ray.core.embedding import example_generators, mean_view_embeddings
+from sas_ray.core.models.checkpoint import load_encoder, save_encoder
+from sas_ray.core.models.heads import build_model
+from sas_ray.executors.ray.session import ensure_ray
+from sas_ray.io import storage
+from sas_ray.io.shards import read_table
+from sas_ray.stages.embed import embed
+from sas_ray.stages.ingest import ingest
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -2,10 +2,11 @@
 training on all the data for the same number of epochs, both measured in one run.
 
 Every step is a sas-ray Ray stage function, exactly what ``sas-ray pipeline`` calls:
-:func:`sas_ray.data.ingest.ingest` (shards), :func:`sas_ray.train.ray_trainer.fit` (Ray
-Train, for the proxy, the full-data run and the subset run), :func:`sas_ray.embed.embed`
-(Ray Data actors), :func:`sas_ray.rank.partition` and :func:`sas_ray.rank.rank` (Ray tasks
-over latent classes; latent classes = labels, strategy ``sas``). The data is a stratified
+:func:`sas_ray.stages.ingest.ingest` (shards), :func:`sas_ray.executors.ray.train.fit` (Ray
+Train, for the proxy, the full-data run and the subset run), :func:`sas_ray.stages.embed.embed`
+(Ray Data actors), :func:`sas_ray.stages.rank.partition` and
+:func:`sas_ray.stages.rank.rank` (Ray tasks over latent classes; latent classes = labels,
+strategy ``sas``). The data is a stratified
 subset of the CIFAR-10 tar (``--pool`` train images), written as an ImageFolder directory
 (JPEG bytes unchanged) and ingested once.
 
@@ -37,10 +38,10 @@ import numpy as np
 from benchmarks.machine import machine_info, machine_line
 from benchmarks.replicate import DEFAULT_DATA, stratified
 from sas_ray.config import Config
-from sas_ray.data.sources import imagefolder_tar
+from sas_ray.core.data.sources import imagefolder_tar
+from sas_ray.core.models import model_from_config
+from sas_ray.core.models.checkpoint import save_encoder
 from sas_ray.errors import SasRayError
-from sas_ray.models import model_from_config
-from sas_ray.models.checkpoint import save_encoder
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZES = {  # pool images, epochs, proxy epochs (0: an untrained proxy)
@@ -82,11 +83,11 @@ def main(argv: list[str] | None = None) -> None:
     pool, epochs, proxy_epochs = SIZES["quick" if args.quick else "full"]
     pool, epochs = args.pool or pool, args.epochs or epochs
 
-    from sas_ray.data.ingest import ingest
-    from sas_ray.embed import embed
-    from sas_ray.rank import partition, rank, subset_ids
-    from sas_ray.ray_session import ensure_ray
-    from sas_ray.train.ray_trainer import fit
+    from sas_ray.executors.ray.session import ensure_ray
+    from sas_ray.executors.ray.train import fit
+    from sas_ray.stages.embed import embed
+    from sas_ray.stages.ingest import ingest
+    from sas_ray.stages.rank import partition, rank, subset_ids
 
     cores = len(os.sched_getaffinity(0))
     machine = machine_info()
@@ -130,8 +131,9 @@ def main(argv: list[str] | None = None) -> None:
                      "width": cfg.model.width, "batch_size": cfg.train.batch_size,
                      "train_workers": cfg.train.num_workers, "embed_views": cfg.embed.views,
                      "strategy": "sas", "latent": "labels",
-                     "stages": "sas_ray.data.ingest.ingest, sas_ray.train.ray_trainer.fit, "
-                               "sas_ray.embed.embed, sas_ray.rank.partition/rank (Ray)"},
+                     "stages": "sas_ray.stages.ingest.ingest, sas_ray.executors.ray.train.fit, "
+                               "sas_ray.stages.embed.embed, "
+                               "sas_ray.stages.rank.partition/rank (Ray)"},
         "seconds": {k: round(v, 2) for k, v in t.items()}
         | {"full_fit_startup": round(full["startup_seconds"], 2),
            "subset_fit_startup": round(sub["startup_seconds"], 2),

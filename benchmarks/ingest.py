@@ -1,6 +1,6 @@
 """Ingest throughput: the Ray Data path against a plain single-process loop, in one run.
 
-Both sides run :func:`sas_ray.data.ingest.ingest` on the same source into a fresh output:
+Both sides run :func:`sas_ray.stages.ingest.ingest` on the same source into a fresh output:
 ``parallel=True`` maps the per-shard work (read, decode-check, write Parquet) over Ray Data
 tasks; ``parallel=False`` runs exactly the same per-shard function in a loop in this
 process. Sources: the CIFAR-10 JPEG archive (``../shared/datasets/cifar10-jpeg.tar.gz``, its
@@ -41,8 +41,8 @@ import psutil
 
 from benchmarks.machine import machine_info, machine_line
 from sas_ray.config import Config
-from sas_ray.data.ingest import ingest
-from sas_ray.ray_session import ensure_ray
+from sas_ray.executors.ray.session import ensure_ray
+from sas_ray.stages.ingest import ingest
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

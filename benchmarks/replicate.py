@@ -6,19 +6,19 @@
 
 Steps (everything cached or resumable under ``--out``):
 
-1. Read CIFAR-10 from the ImageFolder tar (:mod:`sas_ray.data.sources`), decode with
-   :func:`sas_ray.data.images.decode_images`; the pool is a stratified subset of the train
+1. Read CIFAR-10 from the ImageFolder tar (:mod:`sas_ray.core.data.sources`), decode with
+   :func:`sas_ray.core.data.images.decode_images`; the pool is a stratified subset of the train
    split (or all of it), the test split is only ever used for the final evaluation.
-2. Proxy: a short SimCLR run (:mod:`sas_ray.train.simclr`) of a narrow ResNet on the pool.
+2. Proxy: a short SimCLR run (:mod:`sas_ray.core.training.loop`) of a narrow ResNet on the pool.
 3. Embeddings: mean unit-normalised projections of ``views`` augmented views per image.
-4. Latent classes (:mod:`sas_ray.selection.latent`): true labels, 1% labels + linear
+4. Latent classes (:mod:`sas_ray.core.selection.latent`): true labels, 1% labels + linear
    classifier, k-means.
-5. Rankings from :data:`sas_ray.selection.registry.SELECTORS`; a subset is a prefix.
+5. Rankings from :data:`sas_ray.core.selection.registry.SELECTORS`; a subset is a prefix.
 6. SimCLR on every (latent, strategy, fraction, seed) subset with the same epochs, then
-   linear probe + kNN (:mod:`sas_ray.train.evaluate`) at the final epoch on the test split.
+   linear probe + kNN (:mod:`sas_ray.core.evaluation`) at the final epoch on the test split.
    Each run writes ``runs/<name>.json`` atomically and is skipped when present.
 7. Forgetting events (Toneva et al.) of a small supervised ResNet on the pool images
-   (:func:`sas_ray.selection.supervised.forgetting_events`); SimCLR on the least vs the most
+   (:func:`sas_ray.core.selection.supervised.forgetting_events`); SimCLR on the least vs the most
    forgettable examples of each class, and the Spearman correlation of SAS's within-class
    order with the forgetting counts.
 8. ``report.md`` with an accuracy-vs-fraction plot per latent method (and, with ``--doc``,
@@ -56,21 +56,21 @@ from torch import nn
 
 from benchmarks.machine import machine_info, machine_line
 from sas_ray.config import EvalConfig, LatentConfig, SelectConfig, TrainConfig
-from sas_ray.data.augment import SimCLRAugment, to_nchw
-from sas_ray.data.images import decode_images
-from sas_ray.data.sources import imagefolder_tar
+from sas_ray.core.data.augment import SimCLRAugment, to_nchw
+from sas_ray.core.data.images import decode_images
+from sas_ray.core.data.sources import imagefolder_tar
+from sas_ray.core.embedding import mean_view_embeddings
+from sas_ray.core.evaluation import evaluate_encoder
+from sas_ray.core.models.backbones import build_backbone
+from sas_ray.core.models.checkpoint import load_encoder, save_encoder
+from sas_ray.core.models.heads import SimCLR, build_model
+from sas_ray.core.models.optim import build_optimizer
+from sas_ray.core.selection.latent import latent_classes
+from sas_ray.core.selection.ranking import Ranking
+from sas_ray.core.selection.registry import get_selector
+from sas_ray.core.selection.supervised import forgetting_events, rank_by_scores
+from sas_ray.core.training.loop import Precision, train_epoch
 from sas_ray.errors import SasRayError
-from sas_ray.models.backbones import build_backbone
-from sas_ray.models.checkpoint import load_encoder, save_encoder
-from sas_ray.models.embedding import mean_view_embeddings
-from sas_ray.models.heads import SimCLR, build_model
-from sas_ray.models.optim import build_optimizer
-from sas_ray.selection.latent import latent_classes
-from sas_ray.selection.ranking import Ranking
-from sas_ray.selection.registry import get_selector
-from sas_ray.selection.supervised import forgetting_events, rank_by_scores
-from sas_ray.train.evaluate import evaluate_encoder
-from sas_ray.train.simclr import Precision, train_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
@@ -750,10 +750,10 @@ def report(results: dict[RunKey, dict[str, Any]], settings: dict[str, Any],
 def draw_plots(out: Path, results: dict[RunKey, dict[str, Any]],
                settings: dict[str, Any]) -> dict[str, Path]:
     """``out/plots/accuracy_vs_fraction-<latent>.png`` per latent method with finished runs,
-    drawn by :func:`sas_ray.tune.analysis.plot` (mean ± std over seeds, full data as a line);
+    drawn by :func:`sas_ray.analysis.report.plot` (mean ± std over seeds, full data as a line);
     none where pandas or matplotlib is not installed (a GPU machine may lack them)."""
     try:
-        from sas_ray.tune.analysis import TrialRecord, plot, summarize
+        from sas_ray.analysis.report import TrialRecord, plot, summarize
     except ImportError as err:
         log(f"plots skipped ({err}); pip install pandas matplotlib to draw them")
         return {}

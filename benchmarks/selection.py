@@ -34,8 +34,8 @@ import psutil
 import torch
 
 from sas_ray.config import SelectConfig
-from sas_ray.selection.reference import select_sas_reference
-from sas_ray.selection.sas import select_sas
+from sas_ray.core.selection.reference import select_sas_reference
+from sas_ray.core.selection.sas import select_sas
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BLOCK = 1024

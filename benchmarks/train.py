@@ -5,8 +5,8 @@ train split with the same global batch, augmentations, optimiser and torch threa
 
 - plain: one process, ``torch.set_num_threads(threads)``, reads the shard table once, then
   per batch decodes the encoded images, draws two views and takes a step
-  (:func:`sas_ray.train.simclr.train_epoch`);
-- Ray: :func:`sas_ray.train.ray_trainer.fit` with one worker of ``threads`` CPUs (Ray Data
+  (:func:`sas_ray.core.training.loop.train_epoch`);
+- Ray: :func:`sas_ray.executors.ray.train.fit` with one worker of ``threads`` CPUs (Ray Data
   feeds it the encoded images; it decodes, augments and steps with the same core loop), or
   ``--workers`` workers splitting the same global batch.
 
@@ -37,15 +37,15 @@ import torch
 
 from benchmarks.machine import machine_info, machine_line
 from sas_ray.config import Config
-from sas_ray.data.augment import IMAGENET_MEAN, IMAGENET_STD, SimCLRAugment, to_nchw
-from sas_ray.data.images import decode_images
-from sas_ray.data.ingest import ingest
-from sas_ray.data.shards import read_table
-from sas_ray.models import model_from_config
-from sas_ray.models.optim import build_optimizer
-from sas_ray.ray_session import ensure_ray
-from sas_ray.train.ray_trainer import fit
-from sas_ray.train.simclr import Precision, train_epoch
+from sas_ray.core.data.augment import IMAGENET_MEAN, IMAGENET_STD, SimCLRAugment, to_nchw
+from sas_ray.core.data.images import decode_images
+from sas_ray.core.models import model_from_config
+from sas_ray.core.models.optim import build_optimizer
+from sas_ray.core.training.loop import Precision, train_epoch
+from sas_ray.executors.ray.session import ensure_ray
+from sas_ray.executors.ray.train import fit
+from sas_ray.io.shards import read_table
+from sas_ray.stages.ingest import ingest
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -69,7 +69,7 @@ def ray_session() -> Iterator[object]:
     import ray
 
     from sas_ray.config import RunConfig
-    from sas_ray.ray_session import ensure_ray
+    from sas_ray.executors.ray.session import ensure_ray
 
     ensure_ray(RunConfig(num_cpus=2, object_store_mb=1024))
     yield ray
@@ -109,7 +109,7 @@ def synthetic_shards(ray_session: object, tmp_path_factory: pytest.TempPathFacto
     """The built-in synthetic data set with DataConfig defaults (4 latent classes, 64 train +
     16 test images per class, 32x32 RGB), ingested once per session; returns the shard dir."""
     from sas_ray.config import Config
-    from sas_ray.data.ingest import ingest
+    from sas_ray.stages.ingest import ingest
 
     out = tmp_path_factory.mktemp("synthetic") / "shards"
     ingest("synthetic", str(out), Config())

@@ -13,18 +13,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sas_ray import storage
 from sas_ray.cli import main
 from sas_ray.config import Config, EmbedConfig
-from sas_ray.data import shards
-from sas_ray.data.augment import SimCLRAugment, to_nchw
-from sas_ray.data.images import decode_images
-from sas_ray.data.ingest import ingest
-from sas_ray.embed import FAULT_ENV, actor_resources, embed, output_schema
+from sas_ray.core.data.augment import SimCLRAugment, to_nchw
+from sas_ray.core.data.images import decode_images
+from sas_ray.core.embedding import example_generators, mean_view_embeddings
+from sas_ray.core.models.checkpoint import load_encoder, save_encoder
+from sas_ray.core.models.heads import build_model
 from sas_ray.errors import SasRayError
-from sas_ray.models.checkpoint import load_encoder, save_encoder
-from sas_ray.models.embedding import example_generators, mean_view_embeddings
-from sas_ray.models.heads import build_model
+from sas_ray.io import shards, storage
+from sas_ray.stages.embed import FAULT_ENV, actor_resources, embed, output_schema
+from sas_ray.stages.ingest import ingest
 
 DIM = 32
 

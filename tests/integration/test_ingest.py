@@ -9,13 +9,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from sas_ray import storage
 from sas_ray.cli import main
 from sas_ray.config import Config
-from sas_ray.data import shards
-from sas_ray.data.images import decode_images
-from sas_ray.data.ingest import ingest
+from sas_ray.core.data.images import decode_images
 from sas_ray.errors import SasRayError
+from sas_ray.io import shards, storage
+from sas_ray.stages.ingest import ingest
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 

@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
-from sas_ray import config, storage
+from sas_ray import config
+from sas_ray.analysis.report import read_experiment
 from sas_ray.cli import main
-from sas_ray.tune.analysis import read_experiment
-from sas_ray.tune.pipeline import State, run_pipeline, status_lines
+from sas_ray.io import storage
+from sas_ray.pipeline import State, run_pipeline, status_lines
 
 pytestmark = pytest.mark.ray
 

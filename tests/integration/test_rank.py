@@ -10,12 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sas_ray import storage
 from sas_ray.cli import main
 from sas_ray.config import Config
+from sas_ray.core.selection.registry import SELECTORS
 from sas_ray.errors import SasRayError
-from sas_ray.rank import load_ranking, partition, rank, read_embeddings, subset_ids
-from sas_ray.selection.registry import SELECTORS
+from sas_ray.io import storage
+from sas_ray.stages.rank import load_ranking, partition, rank, read_embeddings, subset_ids
 
 pytestmark = pytest.mark.ray
 

@@ -17,12 +17,11 @@ import pytest
 import requests
 import s3fs
 
-from sas_ray import storage
 from sas_ray.cli import main
 from sas_ray.config import Config
-from sas_ray.data import shards
-from sas_ray.data.ingest import ingest
 from sas_ray.errors import SasRayError
+from sas_ray.io import shards, storage
+from sas_ray.stages.ingest import ingest
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from sas_ray import storage
 from sas_ray.errors import SasRayError
+from sas_ray.io import storage
 
 
 class FlakyForwarder:

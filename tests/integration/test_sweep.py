@@ -15,12 +15,13 @@ import pandas as pd
 import pytest
 import ray.tune
 
-from sas_ray import config, storage
-from sas_ray.models import model_from_config
-from sas_ray.models.checkpoint import save_encoder
-from sas_ray.tune.analysis import PLOT_FILE, analyze, render, write_report
-from sas_ray.tune.pipeline import Layout, State, proxy_stage, ranking_stage, shards_stage
-from sas_ray.tune.sweep import SweepSpec, make_cells, run_name, run_sweep, run_trial, seeds_of
+from sas_ray import config
+from sas_ray.analysis.report import PLOT_FILE, analyze, render, write_report
+from sas_ray.core.models import model_from_config
+from sas_ray.core.models.checkpoint import save_encoder
+from sas_ray.io import storage
+from sas_ray.pipeline import Layout, State, proxy_stage, ranking_stage, shards_stage
+from sas_ray.stages.sweep import SweepSpec, make_cells, run_name, run_sweep, run_trial, seeds_of
 
 pytestmark = pytest.mark.ray
 
@@ -51,8 +52,8 @@ def test_sweep_resumes_reports_failures_and_analyzes(ray_session: Any, tmp_path:
     cfg.proxy.checkpoint = proxy
     shards_uri, shards = shards_stage(cfg, layout, state)
     proxy_stage(cfg, layout, state, shards_uri, shards)
-    from sas_ray.embed import embed
-    from sas_ray.rank import partition
+    from sas_ray.stages.embed import embed
+    from sas_ray.stages.rank import partition
 
     embed(cfg, shards_uri, proxy, layout.embeddings)
     partition(cfg, layout.embeddings, layout.partition)

@@ -16,11 +16,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sas_ray import cli, storage
-from sas_ray.data.shards import read_table
+from sas_ray import cli
+from sas_ray.core.models.checkpoint import load_encoder
 from sas_ray.errors import SasRayError
-from sas_ray.models.checkpoint import load_encoder
-from sas_ray.train.ray_trainer import CRASH_ENV, read_subset
+from sas_ray.executors.ray.train import CRASH_ENV, read_subset
+from sas_ray.io import storage
+from sas_ray.io.shards import read_table
 
 TRAIN_FLAGS = ["--train.num_workers", "2", "--train.cpus_per_worker", "0.5",
                "--train.epochs", "3", "--train.batch_size", "32", "--train.record_ids", "true",
@@ -108,8 +109,8 @@ def test_subset_from_ranking_and_parquet(tmp_path) -> None:
 
 def test_online_knn_monitor_uses_a_validation_split_of_train(synthetic_shards: str) -> None:
     from sas_ray.config import Config
-    from sas_ray.models import model_from_config
-    from sas_ray.train.ray_trainer import _knn_monitor
+    from sas_ray.core.models import model_from_config
+    from sas_ray.executors.ray.train import _knn_monitor
 
     cfg = Config()
     cfg.train.knn_images, cfg.eval.knn_k = 200, 20

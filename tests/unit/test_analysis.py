@@ -10,11 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from sas_ray import storage
-from sas_ray.cli import main
-from sas_ray.config import AnalyzeConfig
-from sas_ray.errors import SasRayError
-from sas_ray.tune.analysis import (
+from sas_ray.analysis.report import (
     PLOT_FILE,
     SPEC_FILE,
     TrialRecord,
@@ -26,6 +22,10 @@ from sas_ray.tune.analysis import (
     summarize,
     write_report,
 )
+from sas_ray.cli import main
+from sas_ray.config import AnalyzeConfig
+from sas_ray.errors import SasRayError
+from sas_ray.io import storage
 
 # (strategy, fraction) -> linear accuracy (%) per seed; kNN is linear - 5 points; time ~ fraction
 ACC = {("sas", 0.3): [70.0, 72.0], ("sas", 0.6): [79.5, 80.5],

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sas_ray.data.augment import IMAGENET_MEAN, IMAGENET_STD, SimCLRAugment, to_nchw
+from sas_ray.core.data.augment import IMAGENET_MEAN, IMAGENET_STD, SimCLRAugment, to_nchw
 
 
 def images(n: int = 8, size: int = 32, seed: int = 0) -> torch.Tensor:

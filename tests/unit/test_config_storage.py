@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from sas_ray import config as config_mod
-from sas_ray import storage
 from sas_ray.config import Config, ConfigError
 from sas_ray.errors import SasRayError
+from sas_ray.io import storage
 
 # --- config --------------------------------------------------------------------------------
 

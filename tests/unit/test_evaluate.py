@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from sas_ray.config import EvalConfig
+from sas_ray.core.evaluation import evaluate_encoder, knn_accuracy, linear_probe
+from sas_ray.core.models import build_model
 from sas_ray.errors import SasRayError
-from sas_ray.models import build_model
-from sas_ray.train.evaluate import evaluate_encoder, knn_accuracy, linear_probe
 
 CLASSES = 4
 

@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from sas_ray.config import LatentConfig
-from sas_ray.errors import SasRayError
-from sas_ray.selection.latent import (
+from sas_ray.core.selection.latent import (
     kmeans,
     latent_classes,
     merge_small_classes,
@@ -19,6 +18,7 @@ from sas_ray.selection.latent import (
     purity,
     reveal_labels,
 )
+from sas_ray.errors import SasRayError
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from sas_ray.models.losses import ntxent_loss
+from sas_ray.core.models.losses import ntxent_loss
 
 
 def ntxent_by_formula(z1: torch.Tensor, z2: torch.Tensor, t: float) -> float:

@@ -7,12 +7,12 @@ import torch
 from torch import nn
 
 from sas_ray.config import Config, TrainConfig
+from sas_ray.core.models import build_model, model_from_config
+from sas_ray.core.models.backbones import build_backbone
+from sas_ray.core.models.checkpoint import load_encoder, save_encoder
+from sas_ray.core.models.heads import ProjectionHead
+from sas_ray.core.models.optim import LARS, build_optimizer, lr_factor, param_groups
 from sas_ray.errors import SasRayError
-from sas_ray.models import build_model, model_from_config
-from sas_ray.models.backbones import build_backbone
-from sas_ray.models.checkpoint import load_encoder, save_encoder
-from sas_ray.models.heads import ProjectionHead
-from sas_ray.models.optim import LARS, build_optimizer, lr_factor, param_groups
 
 
 @pytest.mark.parametrize(("arch", "width", "dim", "convs"), [

@@ -5,6 +5,7 @@ s3fs and pandas made unimportable."""
 from __future__ import annotations
 
 import json
+import pkgutil
 import subprocess
 import sys
 import tarfile
@@ -20,13 +21,8 @@ BLOCK = ("import sys\n"
          "    sys.modules[name] = None\n")
 REPLICATE = (BLOCK + "import runpy\nsys.argv[0] = 'benchmarks.replicate'\n"
              "runpy.run_module('benchmarks.replicate', run_name='__main__')\n")
-CORE = ["sas_ray.config", "sas_ray.data.augment", "sas_ray.data.images", "sas_ray.data.sources",
-        "sas_ray.models.backbones", "sas_ray.models.checkpoint", "sas_ray.models.embedding",
-        "sas_ray.models.heads", "sas_ray.models.losses", "sas_ray.models.optim",
-        "sas_ray.selection.baselines", "sas_ray.selection.latent", "sas_ray.selection.ranking",
-        "sas_ray.selection.reference", "sas_ray.selection.registry", "sas_ray.selection.sas",
-        "sas_ray.selection.similarity", "sas_ray.selection.supervised",
-        "sas_ray.train.evaluate", "sas_ray.train.simclr"]
+CORE = ["sas_ray.config", *(m.name for m in pkgutil.walk_packages(
+    [str(ROOT / "sas_ray" / "core")], "sas_ray.core.") if not m.ispkg)]
 TINY = ["--scale", "gpu", "--device", "cpu", "--threads", "1", "--pool", "60", "--test", "30",
         "--epochs", "1", "--proxy-epochs", "1", "--forget-epochs", "2", "--batch-size", "16",
         "--views", "1", "--width", "0.0625", "--proxy-width", "0.0625", "--seeds", "0",

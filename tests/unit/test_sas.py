@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from sas_ray.config import SelectConfig
+from sas_ray.core.selection.ranking import ClassJob, class_budgets, subset_size
+from sas_ray.core.selection.reference import select_sas_reference
+from sas_ray.core.selection.sas import double_greedy, sas_class_order, select_sas
+from sas_ray.core.selection.similarity import Columns, row_sums, self_similarity
 from sas_ray.errors import SasRayError
-from sas_ray.selection.ranking import ClassJob, class_budgets, subset_size
-from sas_ray.selection.reference import select_sas_reference
-from sas_ray.selection.sas import double_greedy, sas_class_order, select_sas
-from sas_ray.selection.similarity import Columns, row_sums, self_similarity
 
 
 def unit_rows(n: int, d: int, seed: int) -> np.ndarray:

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from sas_ray.config import SelectConfig
+from sas_ray.core.selection.ranking import class_budgets, quota_sequence, subset_size
+from sas_ray.core.selection.registry import NEEDS_LABELS, SELECTORS, get_selector, is_nested
+from sas_ray.core.selection.supervised import el2n_scores, forgetting_events
 from sas_ray.errors import SasRayError
-from sas_ray.selection.ranking import class_budgets, quota_sequence, subset_size
-from sas_ray.selection.registry import NEEDS_LABELS, SELECTORS, get_selector, is_nested
-from sas_ray.selection.supervised import el2n_scores, forgetting_events
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -14,11 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from sas_ray import storage
 from sas_ray.config import Config, DataConfig
-from sas_ray.data import images, shards, sources
-from sas_ray.data.ingest import ingest
+from sas_ray.core.data import images, sources
 from sas_ray.errors import SasRayError
+from sas_ray.io import shards, storage
+from sas_ray.stages.ingest import ingest
 
 # --- synthetic -----------------------------------------------------------------------------
 

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from sas_ray import config, storage
+from sas_ray import config
 from sas_ray.config import Config
 from sas_ray.errors import SasRayError
-from sas_ray.tune.pipeline import Layout
-from sas_ray.tune.sweep import (
+from sas_ray.io import storage
+from sas_ray.pipeline import Layout
+from sas_ray.stages.sweep import (
     SweepSpec,
     check_subset_sizes,
     completed_fit,

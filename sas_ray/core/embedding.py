@@ -1,0 +1,63 @@
+"""Proxy embeddings of images: the mean of unit-normalised view embeddings.
+
+For an image x with m augmented views v_1..v_m and the proxy encoder f (projection or
+backbone feature), the stored embedding is::
+
+    e(x) = 1/m * sum_k f(v_k) / ||f(v_k)||        (m = 0: e(x) = f(x) / ||f(x)||, no augmentation)
+
+It is deliberately NOT re-normalised. With views drawn independently per image, for x != y
+``e(x) . e(y)`` averages ``cos(f(v_x), f(v_y))`` over all m*m view pairs: an unbiased estimate
+of the expected cosine similarity ``E[cos(f(v_x), f(v_y))]`` that SAS uses as s_xy (Joshi &
+Mirzasoleiman 2023); re-normalising would scale it by ``1 / (||e(x)|| ||e(y)||) >= 1``.
+So ``||e(x)|| <= 1``, with equality only when all views of x embed to the same direction.
+
+The views of an example are drawn from a generator seeded by ``(seed, id)``
+(:func:`example_generators`), so an embedding depends neither on the batch the example lands
+in nor on how many processes share the work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sas_ray.core.data.augment import SimCLRAugment
+from sas_ray.core.models.heads import SimCLR
+
+
+def example_generators(ids: np.ndarray, seed: int) -> list[torch.Generator]:
+    """One CPU generator per example, seeded from ``(seed, id)`` via numpy's SeedSequence."""
+    gens = []
+    for i in ids.tolist():
+        state = np.random.SeedSequence([seed % 2**64, i % 2**64]).generate_state(1, np.uint64)
+        gens.append(torch.Generator().manual_seed(int(state[0])))
+    return gens
+
+
+@torch.inference_mode()
+def mean_view_embeddings(model: SimCLR, images: torch.Tensor, augment: SimCLRAugment,
+                         views: int, feature: str,
+                         generators: list[torch.Generator] | None = None) -> torch.Tensor:
+    """``e(x)`` (module docstring) of uint8 ``images (N, 3, H, W)`` -> float32 ``(N, d)``.
+
+    ``views=0`` embeds the un-augmented, resized and normalised images. ``generators`` (one per
+    image) make each image's views independent of the rest of the batch. ``model`` should be
+    in eval mode (batch norm with running statistics, so an embedding ignores its batch).
+    """
+    x = augment.views(images, views, generators)  # (max(m, 1), N, 3, s, s)
+    m, n = x.shape[:2]
+    z = model.embed(x.flatten(0, 1), feature).float()  # (m*N, d)
+    return F.normalize(z, dim=1).view(m, n, -1).mean(0)
+
+
+def encoder_fingerprint(model: SimCLR) -> str:
+    """A short hash of an encoder's architecture spec and weights (independent of file format)."""
+    h = hashlib.sha256(json.dumps(model.spec, sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]

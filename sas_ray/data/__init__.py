@@ -1,1 +1,0 @@
-"""Image data: sources (readers), images (decode), shards (Parquet format), ingest (Ray Data)."""

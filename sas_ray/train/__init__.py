@@ -1,1 +1,0 @@
-"""SimCLR training (core loop), evaluation (linear probe, kNN) and the Ray Train layer."""
