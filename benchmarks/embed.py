@@ -45,6 +45,7 @@ from sas_ray.core.data.images import decode_images
 from sas_ray.core.embedding import example_generators, mean_view_embeddings
 from sas_ray.core.models.checkpoint import load_encoder, save_encoder
 from sas_ray.core.models.heads import build_model
+from sas_ray.executors.local import LocalExecutor
 from sas_ray.executors.ray.session import ensure_ray
 from sas_ray.io import storage
 from sas_ray.io.shards import read_table
@@ -61,7 +62,7 @@ def make_shards(out: str, images: int, cfg: Config) -> str:
     data.data.synthetic_train_per_class = -(-images // data.data.synthetic_classes)
     data.data.synthetic_test_per_class = 1
     data.data.synthetic_size = cfg.data.image_size
-    ingest("synthetic", out, data, parallel=False)
+    ingest("synthetic", out, data, executor=LocalExecutor(data))
     return out
 
 

@@ -1,8 +1,8 @@
 """Ingest throughput: the Ray Data path against a plain single-process loop, in one run.
 
 Both sides run :func:`sas_ray.stages.ingest.ingest` on the same source into a fresh output:
-``parallel=True`` maps the per-shard work (read, decode-check, write Parquet) over Ray Data
-tasks; ``parallel=False`` runs exactly the same per-shard function in a loop in this
+The Ray executor maps the per-shard work (read, decode-check, write Parquet) over Ray Data
+tasks; the local executor runs exactly the same per-shard function in a loop in this
 process. Sources: the CIFAR-10 JPEG archive (``../shared/datasets/cifar10-jpeg.tar.gz``, its
 gzip stream is decompressed on the driver either way) and the same 60,000 images extracted
 into a temporary directory (the files are then read in the workers).
@@ -41,6 +41,8 @@ import psutil
 
 from benchmarks.machine import machine_info, machine_line
 from sas_ray.config import Config
+from sas_ray.executors.local import LocalExecutor
+from sas_ray.executors.ray import RayExecutor
 from sas_ray.executors.ray.session import ensure_ray
 from sas_ray.stages.ingest import ingest
 
@@ -66,7 +68,8 @@ def timed_ingest(source: str, out: Path, cfg: Config, parallel: bool) -> tuple[f
     the manifest), and the number of images."""
     shutil.rmtree(out, ignore_errors=True)
     cpu, start = cpu_seconds(), time.perf_counter()
-    manifest = ingest(source, str(out), cfg, parallel=parallel, force=True)
+    executor = RayExecutor(cfg) if parallel else LocalExecutor(cfg)
+    manifest = ingest(source, str(out), cfg, executor=executor, force=True)
     return time.perf_counter() - start, cpu_seconds() - cpu, manifest["meta"]["num_images"]
 
 

@@ -42,6 +42,7 @@ from sas_ray.core.data.images import decode_images
 from sas_ray.core.models import model_from_config
 from sas_ray.core.models.optim import build_optimizer
 from sas_ray.core.training.loop import Precision, train_epoch
+from sas_ray.executors.local import LocalExecutor
 from sas_ray.executors.ray.session import ensure_ray
 from sas_ray.executors.ray.train import fit
 from sas_ray.io.shards import read_table
@@ -148,7 +149,7 @@ def main() -> None:
         ingest_cfg = Config()
         ingest_cfg.data.synthetic_train_per_class = -(-args.images // 4)
         ingest_cfg.data.synthetic_test_per_class = 1
-        ingest("synthetic", data, ingest_cfg, parallel=False)
+        ingest("synthetic", data, ingest_cfg, executor=LocalExecutor(ingest_cfg))
 
         plain_before = plain_loop(cfg, data, args.threads * args.workers)
         start = time.perf_counter()

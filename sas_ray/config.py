@@ -20,7 +20,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sas_ray.errors import SasRayError
 
@@ -34,6 +34,7 @@ class RunConfig:
     """Where outputs go and how Ray is reached."""
 
     name: str = "quickstart"
+    executor: Literal["ray", "local"] = "ray"  # ray: Ray Data/tasks/Train/Tune; local: no Ray
     storage: str = "outputs"  # local dir or s3://bucket/prefix; every stage writes below it
     seed: int = 0
     ray_address: str | None = None  # None: $RAY_ADDRESS if set, else a local Ray instance
@@ -204,6 +205,12 @@ class Config:
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Coerce a YAML-parsed value to the annotated field type ``tp``."""
     origin = typing.get_origin(tp)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"config key '{key}': {value!r} is not one of "
+                              f"{', '.join(map(str, allowed))}; pass one of them")
+        return value
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):

@@ -22,7 +22,6 @@ import argparse
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,18 +30,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sas_ray.config import Config, RunConfig
+from sas_ray.config import Config
 from sas_ray.core.selection.latent import latent_classes
 from sas_ray.core.selection.ranking import (
-    ClassFn,
-    ClassJob,
-    ClassMap,
-    ClassOrder,
     Ranking,
     check_fraction,
 )
 from sas_ray.core.selection.registry import get_selector, is_nested
 from sas_ray.errors import SasRayError
+from sas_ray.executors import get_executor
+from sas_ray.executors.base import Executor
 from sas_ray.io import storage
 
 log = logging.getLogger(__name__)
@@ -181,51 +178,6 @@ def partition(cfg: Config, embeddings_uri: str, out: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- rank stage
-def rank_chunk(fn: ClassFn, x: np.ndarray, jobs: Sequence[ClassJob]) -> list[ClassOrder]:
-    """Body of one Ray task: rank a group of classes, reading their rows from ``x``."""
-    return [fn(x[job.rows], job) for job in jobs]
-
-
-def balanced_groups(jobs: Sequence[ClassJob], groups: int) -> list[list[ClassJob]]:
-    """Split jobs into ``groups`` groups of similar cost (|V_k|^2), largest first."""
-    bins: list[list[ClassJob]] = [[] for _ in range(groups)]
-    load = [0] * groups
-    for job in sorted(jobs, key=lambda j: (-j.rows.size, j.index)):
-        i = load.index(min(load))
-        bins[i].append(job)
-        load[i] += job.rows.size ** 2
-    return [b for b in bins if b]
-
-
-def ray_class_map(num_workers: int, run_cfg: RunConfig) -> ClassMap:
-    """A :data:`ClassMap` running groups of classes as Ray tasks, ``num_workers`` at a time
-    (Ray is joined or started on first use)."""
-    if num_workers < 1:
-        raise SasRayError(f"select.num_workers={num_workers}; pass 1 or more")
-
-    def run(fn: ClassFn, x: np.ndarray, jobs: Sequence[ClassJob]) -> list[ClassOrder]:
-        from sas_ray.executors.ray.session import ensure_ray
-
-        ray = ensure_ray(run_cfg)
-        task = ray.remote(num_cpus=1)(rank_chunk)
-        x_ref = ray.put(x)
-        queue = balanced_groups(jobs, min(len(jobs), 4 * num_workers))
-        pending: dict[Any, list[ClassJob]] = {}
-        results: dict[int, ClassOrder] = {}
-        while queue or pending:
-            while queue and len(pending) < num_workers:
-                group = queue.pop(0)
-                pending[task.remote(fn, x_ref, group)] = group
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                group = pending.pop(ref)
-                results.update({job.index: res
-                                for job, res in zip(group, ray.get(ref), strict=True)})
-        return [results[job.index] for job in jobs]
-
-    return run
-
-
 def _ranking_config(cfg: Config, strategy: str, fraction: float | None) -> dict[str, Any]:
     select = dataclasses.asdict(cfg.select)
     for key in ("strategies", "num_workers"):  # do not change the result
@@ -234,7 +186,7 @@ def _ranking_config(cfg: Config, strategy: str, fraction: float | None) -> dict[
 
 
 def rank(cfg: Config, embeddings_uri: str, partition_uri: str, strategy: str, out: str,
-         fraction: float | None = None) -> dict[str, Any]:
+         fraction: float | None = None, executor: Executor | None = None) -> dict[str, Any]:
     """Rank the embeddings with ``strategy`` within the latent classes of the partition and
     commit a ``ranking`` artifact at ``out``; returns its manifest (reused when up to date).
 
@@ -259,7 +211,8 @@ def rank(cfg: Config, embeddings_uri: str, partition_uri: str, strategy: str, ou
         return storage.require_manifest(out, RANKING)
     start = time.perf_counter()
     ranking = selector(emb.x, latent, fraction, seed, cfg.select, emb.labels,
-                       map_classes=ray_class_map(cfg.select.num_workers, cfg.run))
+                       map_classes=(executor or get_executor(cfg)).class_map(
+                           cfg.select.num_workers))
     table = pa.table({
         "id": pa.array(emb.ids[ranking.order], pa.int64()),
         "rank": pa.array(np.arange(ranking.order.size), pa.int64()),

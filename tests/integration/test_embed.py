@@ -21,6 +21,7 @@ from sas_ray.core.embedding import example_generators, mean_view_embeddings
 from sas_ray.core.models.checkpoint import load_encoder, save_encoder
 from sas_ray.core.models.heads import build_model
 from sas_ray.errors import SasRayError
+from sas_ray.executors.local import LocalExecutor
 from sas_ray.io import shards, storage
 from sas_ray.stages.embed import FAULT_ENV, actor_resources, embed, output_schema
 from sas_ray.stages.ingest import ingest
@@ -133,7 +134,7 @@ def test_unaugmented_equals_single_process_on_s3(s3_bucket: str, proxy: str) -> 
     cfg = _cfg(views=0, num_actors=2, batch_size=8)
     cfg.data.synthetic_train_per_class, cfg.data.synthetic_test_per_class = 8, 2
     data, out = f"{s3_bucket}/shards", f"{s3_bucket}/emb"
-    ingest("synthetic", data, cfg, parallel=False)
+    ingest("synthetic", data, cfg, executor=LocalExecutor(cfg))
     embed(cfg, data, proxy, out)
     table = _read(out)
     assert table.schema == output_schema(DIM, "float32")

@@ -13,6 +13,7 @@ from sas_ray.cli import main
 from sas_ray.config import Config
 from sas_ray.core.data.images import decode_images
 from sas_ray.errors import SasRayError
+from sas_ray.executors.local import LocalExecutor
 from sas_ray.io import shards, storage
 from sas_ray.stages.ingest import ingest
 
@@ -53,7 +54,7 @@ def test_ray_path_equals_plain_loop_and_reruns(tmp_path: Path, image_folder) -> 
                                                "unlabeled": 1})
     ray_out = ingest(str(tmp_path / "src"), str(tmp_path / "ray"), _cfg(shard_size=3))
     loop_out = ingest(str(tmp_path / "src"), str(tmp_path / "loop"), _cfg(shard_size=3),
-                      parallel=False)
+                      executor=LocalExecutor(_cfg(shard_size=3)))
     again = ingest(str(tmp_path / "src"), str(tmp_path / "ray"), _cfg(shard_size=3), force=True)
     assert ray_out["meta"] == loop_out["meta"] == again["meta"]
     assert ray_out["meta"]["num_shards"] == 5

@@ -17,6 +17,7 @@ from PIL import Image
 from sas_ray.config import Config, DataConfig
 from sas_ray.core.data import images, sources
 from sas_ray.errors import SasRayError
+from sas_ray.executors.local import LocalExecutor
 from sas_ray.io import shards, storage
 from sas_ray.stages.ingest import ingest
 
@@ -370,10 +371,12 @@ def test_ingest_loop_dir_with_corrupt_images(tmp_path: Path, image_folder) -> No
     cfg = Config()
     cfg.data.shard_size = 2
     with pytest.raises(SasRayError, match=r"corrupt image train/cat/bad\.png.*on_corrupt skip"):
-        ingest(str(tmp_path / "src"), str(tmp_path / "fail"), cfg, parallel=False)
+        ingest(str(tmp_path / "src"), str(tmp_path / "fail"), cfg,
+               executor=LocalExecutor(cfg))
     assert not storage.list_files(str(tmp_path / "fail"))  # nothing half-written
     cfg.data.on_corrupt = "skip"
-    manifest = ingest(str(tmp_path / "src"), str(tmp_path / "out"), cfg, parallel=False)
+    manifest = ingest(str(tmp_path / "src"), str(tmp_path / "out"), cfg,
+                      executor=LocalExecutor(cfg))
     meta = manifest["meta"]
     assert meta["skipped_corrupt"] == {"count": 1, "examples": ["train/cat/bad.png"]}
     assert meta["num_images"] == 5 and meta["num_shards"] == 3
@@ -391,9 +394,9 @@ def test_ingest_rejects_bad_settings(tmp_path: Path) -> None:
     cfg = Config()
     cfg.data.on_corrupt = "ignore"
     with pytest.raises(SasRayError, match="on_corrupt"):
-        ingest("synthetic", str(tmp_path / "x"), cfg, parallel=False)
+        ingest("synthetic", str(tmp_path / "x"), cfg, executor=LocalExecutor(cfg))
     cfg = Config()
     cfg.data.shard_size = 0
     with pytest.raises(SasRayError, match="shard_size"):
-        ingest("synthetic", str(tmp_path / "x"), cfg, parallel=False)
+        ingest("synthetic", str(tmp_path / "x"), cfg, executor=LocalExecutor(cfg))
     assert not (tmp_path / "x").exists()

@@ -1,0 +1,65 @@
+"""The Ray executor: Ray Data for ingest and embedding, Ray tasks for per-class selection,
+Ray Train for SSL training and Ray Tune for sweeps. Ray is joined or started on first use
+(:func:`~sas_ray.executors.ray.session.ensure_ray`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from sas_ray.config import Config
+from sas_ray.core.selection.ranking import ClassFn, ClassJob, ClassMap, ClassOrder
+from sas_ray.errors import SasRayError
+from sas_ray.executors.base import BlockFn
+from sas_ray.executors.grouping import balanced_groups, rank_chunk
+from sas_ray.executors.ray.session import ensure_ray
+
+
+class RayExecutor:
+    """:class:`~sas_ray.executors.base.Executor` on a Ray cluster (local or remote)."""
+
+    name = "ray"
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+
+    def map_blocks(self, fn: BlockFn, blocks: Iterable[pa.Table]) -> Iterator[dict[str, Any]]:
+        ray = ensure_ray(self.cfg.run)
+        ds = ray.data.from_arrow_refs([ray.put(b) for b in blocks]).map_batches(
+            fn, batch_size=None, batch_format="pyarrow")
+        # One operator: Ray Data's per-operator resource reservation only idles CPUs here
+        # (measured: 6 one-second tasks on 2 CPUs take 4.5 s with it, 3.3 s without).
+        ds.context.op_resource_reservation_enabled = False
+        yield from ds.iter_rows()
+
+    def class_map(self, num_workers: int) -> ClassMap:
+        """Groups of classes as Ray tasks, ``num_workers`` in flight."""
+        if num_workers < 1:
+            raise SasRayError(f"select.num_workers={num_workers}; pass 1 or more")
+        run_cfg = self.cfg.run
+
+        def run(fn: ClassFn, x: np.ndarray, jobs: Sequence[ClassJob]) -> list[ClassOrder]:
+            ray = ensure_ray(run_cfg)
+            task = ray.remote(num_cpus=1)(rank_chunk)
+            x_ref = ray.put(x)
+            queue = balanced_groups(jobs, min(len(jobs), 4 * num_workers))
+            pending: dict[Any, list[ClassJob]] = {}
+            results: dict[int, ClassOrder] = {}
+            while queue or pending:
+                while queue and len(pending) < num_workers:
+                    group = queue.pop(0)
+                    pending[task.remote(fn, x_ref, group)] = group
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    group = pending.pop(ref)
+                    results.update({job.index: res
+                                    for job, res in zip(group, ray.get(ref), strict=True)})
+            return [results[job.index] for job in jobs]
+
+        return run
+
+    def close(self) -> None:
+        pass

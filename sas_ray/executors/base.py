@@ -1,0 +1,46 @@
+"""The executor interface: the few parallel primitives that the stages need.
+
+A stage (``sas_ray.stages``) decides *what* to compute, fingerprints it, and commits its
+artifact; an executor decides *where* the heavy work runs. Two implement this protocol:
+
+- ``local`` (:mod:`sas_ray.executors.local`): one process, torch threads, an optional process
+  pool for per-class selection. Imports no Ray, so the pipeline runs on a single GPU box that
+  has only torch, torchvision, numpy, pyarrow and PyYAML.
+- ``ray`` (:mod:`sas_ray.executors.ray`): Ray Data tasks and actor pools, Ray tasks, Ray Train
+  and Ray Tune, on a laptop's local Ray or a cluster.
+
+Both run the same core functions on the same inputs, so they write the same artifacts with the
+same fingerprints, and a stage computed by one is reused by the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+from sas_ray.core.selection.ranking import ClassMap
+
+# One block of planned ingest rows -> one row of per-shard stats (see stages.ingest).
+BlockFn = Callable[[pa.Table], pa.Table]
+
+
+class Executor(Protocol):
+    """What a stage may ask of an executor. Every method blocks until its work is done."""
+
+    name: str
+
+    def map_blocks(self, fn: BlockFn, blocks: Iterable[pa.Table]) -> Iterable[dict[str, Any]]:
+        """Apply ``fn`` to every block (in any order, in parallel where possible); yield the
+        rows of the returned stats tables."""
+        ...
+
+    def class_map(self, num_workers: int) -> ClassMap:
+        """A :data:`~sas_ray.core.selection.ranking.ClassMap` that ranks latent classes with
+        up to ``num_workers`` workers; results in job order."""
+        ...
+
+    def close(self) -> None:
+        """Release what the executor started (Ray, process pools)."""
+        ...

@@ -1,0 +1,25 @@
+"""Cutting per-class selection into balanced work units, shared by both executors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from sas_ray.core.selection.ranking import ClassFn, ClassJob, ClassOrder
+
+
+def rank_chunk(fn: ClassFn, x: np.ndarray, jobs: Sequence[ClassJob]) -> list[ClassOrder]:
+    """One work unit: rank a group of classes, reading their rows from ``x``."""
+    return [fn(x[job.rows], job) for job in jobs]
+
+
+def balanced_groups(jobs: Sequence[ClassJob], groups: int) -> list[list[ClassJob]]:
+    """Split jobs into ``groups`` groups of similar cost (|V_k|^2), largest first."""
+    bins: list[list[ClassJob]] = [[] for _ in range(groups)]
+    load = [0] * groups
+    for job in sorted(jobs, key=lambda j: (-j.rows.size, j.index)):
+        i = load.index(min(load))
+        bins[i].append(job)
+        load[i] += job.rows.size ** 2
+    return [b for b in bins if b]

@@ -1,0 +1,50 @@
+"""The local executor: every stage in this process, no Ray import anywhere below it.
+
+Parallelism: torch's intra-op threads for the models, and a process pool of
+``select.num_workers`` processes for per-class selection (classes are independent; with one
+worker they run in this process).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from sas_ray.config import Config
+from sas_ray.core.selection.ranking import ClassFn, ClassJob, ClassMap, ClassOrder, map_serial
+from sas_ray.executors.base import BlockFn
+from sas_ray.executors.grouping import balanced_groups, rank_chunk
+
+
+class LocalExecutor:
+    """:class:`~sas_ray.executors.base.Executor` in one process."""
+
+    name = "local"
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+
+    def map_blocks(self, fn: BlockFn, blocks: Iterable[pa.Table]) -> Iterator[dict[str, Any]]:
+        for block in blocks:
+            yield from fn(block).to_pylist()
+
+    def class_map(self, num_workers: int) -> ClassMap:
+        if num_workers <= 1:
+            return map_serial
+
+        def run(fn: ClassFn, x: np.ndarray, jobs: Sequence[ClassJob]) -> list[ClassOrder]:
+            groups = balanced_groups(jobs, min(len(jobs), 4 * num_workers))
+            with ProcessPoolExecutor(num_workers) as pool:
+                futures = [pool.submit(rank_chunk, fn, x, group) for group in groups]
+                results = {job.index: res for group, fut in zip(groups, futures, strict=True)
+                           for job, res in zip(group, fut.result(), strict=True)}
+            return [results[job.index] for job in jobs]
+
+        return run
+
+    def close(self) -> None:
+        pass
