@@ -18,8 +18,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+import numpy as np
 import pyarrow as pa
 
+from sas_ray.config import Config
 from sas_ray.core.selection.ranking import ClassMap
 
 # One block of planned ingest rows -> one row of per-shard stats (see stages.ingest).
@@ -39,6 +41,14 @@ class Executor(Protocol):
     def class_map(self, num_workers: int) -> ClassMap:
         """A :data:`~sas_ray.core.selection.ranking.ClassMap` that ranks latent classes with
         up to ``num_workers`` workers; results in job order."""
+        ...
+
+    def fit(self, cfg: Config, data: str, out: str, train_ids: np.ndarray | None = None,
+            name: str = "train") -> dict[str, Any]:
+        """Train the SSL model of ``cfg`` on the train split of the shards at ``data`` (only
+        ``train_ids`` when given) into the run directory ``out``; resumable. Returns
+        ``{"metrics", "checkpoint", "history", "seconds", "startup_seconds", "num_images"}``
+        and writes ``out/encoder.pt`` and ``out/metrics.json``."""
         ...
 
     def close(self) -> None:

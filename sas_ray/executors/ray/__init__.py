@@ -61,5 +61,11 @@ class RayExecutor:
 
         return run
 
+    def fit(self, cfg: Config, data: str, out: str, train_ids: np.ndarray | None = None,
+            name: str = "train") -> dict[str, Any]:
+        from sas_ray.executors.ray.train import fit
+
+        return fit(cfg, data, out, train_ids, name)
+
     def close(self) -> None:
         pass
