@@ -36,7 +36,7 @@ COMMANDS: dict[str, tuple[str, str, list[Arg]]] = {
                ("--subset", {"help": "subset or ranking artifact restricting the train ids"}),
                ("--fraction", {"type": float, "help": "cut a ranking at this fraction"}),
                ("--out", {"required": True, "help": "run directory for checkpoints/metrics"})]),
-    "evaluate": ("sas_ray.core.evaluation:cli_evaluate",
+    "evaluate": ("sas_ray.stages.evaluate:cli_evaluate",
                  "linear probe + kNN accuracy of a checkpoint on the test split",
                  [("--checkpoint", {"required": True}), ("--data", {"required": True}),
                   ("--out", {"help": "write eval.json here"})]),

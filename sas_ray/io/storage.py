@@ -169,6 +169,24 @@ def list_files(uri: str) -> list[str]:
     return sorted(prefix + i.path for i in infos if i.type == pafs.FileType.File)
 
 
+class StorageFiles:
+    """:class:`sas_ray.core.data.files.Files` over local paths and ``s3://`` URIs, with this
+    module's retries and one-line S3 errors; the file access that ingest gives sources."""
+
+    exists = staticmethod(exists)
+    read_bytes = staticmethod(read_bytes)
+    list_files = staticmethod(list_files)
+
+    @staticmethod
+    def open_input_stream(uri: str) -> Any:
+        fs, path = filesystem(uri)
+        with s3_errors(uri):
+            return fs.open_input_stream(path)
+
+
+FILES = StorageFiles()
+
+
 def check_writable(uri: str) -> None:
     """Fail early, with the fix, when ``uri`` cannot be written."""
     probe = join(uri, f".write-probe-{uuid.uuid4().hex[:8]}")

@@ -29,7 +29,7 @@ import pyarrow.fs as pafs
 
 from sas_ray.config import Config, DataConfig
 from sas_ray.core.data.images import CorruptImageError, check_image, encode_png
-from sas_ray.core.data.sources import Source, open_source, read_file
+from sas_ray.core.data.sources import Source, open_source
 from sas_ray.errors import SasRayError
 from sas_ray.executors import get_executor
 from sas_ray.executors.base import Executor
@@ -92,7 +92,7 @@ def _image_bytes(kind: str, payload: Any,
         return encode_png(np.frombuffer(payload, np.uint8).reshape(pixel_shape)), pixel_shape[:2]
     if kind == "file":
         try:
-            payload = read_file(payload)
+            payload = storage.read_bytes(payload)
         except OSError as err:
             raise SasRayError(f"cannot read {payload} ({err}); check that the file is "
                               "readable") from err
@@ -216,7 +216,7 @@ def ingest(source: str, out: str, cfg: Config, *, executor: Executor | None = No
     config = ingest_config(data, source)
     seed = cfg.run.seed if source == "synthetic" else None
     started = time.perf_counter()
-    src = open_source(source, data, cfg.run.seed)
+    src = open_source(source, data, cfg.run.seed, storage.FILES)
     inputs = {"source": source_fingerprint(source)}
     if not force and storage.is_fresh(out, storage.stage_fingerprint(STAGE, config, inputs, seed)):
         log.info("%s already holds shards of %s with these settings; nothing to do", out, source)

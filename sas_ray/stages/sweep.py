@@ -12,7 +12,7 @@ it ran.
 Trial (:func:`run_trial`, a Tune *function* trainable, Train V2 interop): it cuts the
 ranking at the fraction, builds a TorchTrainer through :func:`sas_ray.executors.ray.train.fit`
 on ``train.num_workers`` workers, evaluates the final encoder (linear probe + kNN on the test
-split, :func:`sas_ray.core.evaluation.evaluate_checkpoint`), stores the metrics as a ``trial``
+split, :func:`sas_ray.stages.evaluate.evaluate_checkpoint`), stores the metrics as a ``trial``
 artifact in ``runs/<run name>/result`` and reports them with ``ray.tune.report``.
 
 Caching and resuming:
@@ -214,8 +214,8 @@ def completed_fit(out: str) -> dict[str, Any] | None:
 def train_and_evaluate(cfg: Config, data: str, cell: Mapping[str, Any], out: str
                        ) -> dict[str, Any]:
     """Train on the cell's subset (Ray Train), evaluate the final encoder; flat metrics."""
-    from sas_ray.core.evaluation import evaluate_checkpoint
     from sas_ray.executors.ray.train import fit
+    from sas_ray.stages.evaluate import evaluate_checkpoint
     from sas_ray.stages.rank import subset_ids
 
     ids = None if cell["ranking"] is None else subset_ids(cell["ranking"], cell["fraction"])

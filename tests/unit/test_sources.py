@@ -16,6 +16,7 @@ from PIL import Image
 
 from sas_ray.config import Config, DataConfig
 from sas_ray.core.data import images, sources
+from sas_ray.core.data.sources import imagefolder, synthetic
 from sas_ray.errors import SasRayError
 from sas_ray.executors.local import LocalExecutor
 from sas_ray.io import shards, storage
@@ -25,10 +26,10 @@ from sas_ray.stages.ingest import ingest
 
 
 def test_synthetic_is_deterministic_in_seed_and_split() -> None:
-    a, la = sources.synthetic_images(4, 8, 16, seed=3, split="train")
-    b, lb = sources.synthetic_images(4, 8, 16, seed=3, split="train")
-    c, _ = sources.synthetic_images(4, 8, 16, seed=4, split="train")
-    t, _ = sources.synthetic_images(4, 8, 16, seed=3, split="test")
+    a, la = synthetic.synthetic_images(4, 8, 16, seed=3, split="train")
+    b, lb = synthetic.synthetic_images(4, 8, 16, seed=3, split="train")
+    c, _ = synthetic.synthetic_images(4, 8, 16, seed=4, split="train")
+    t, _ = synthetic.synthetic_images(4, 8, 16, seed=3, split="test")
     assert a.shape == (32, 16, 16, 3) and a.dtype == np.uint8
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(la, lb)
@@ -37,8 +38,8 @@ def test_synthetic_is_deterministic_in_seed_and_split() -> None:
 
 
 def test_synthetic_classes_are_separable_and_images_vary() -> None:
-    train, ytr = sources.synthetic_images(5, 40, 32, seed=0, split="train")
-    test, yte = sources.synthetic_images(5, 20, 32, seed=0, split="test")
+    train, ytr = synthetic.synthetic_images(5, 40, 32, seed=0, split="train")
+    test, yte = synthetic.synthetic_images(5, 20, 32, seed=0, split="test")
     # a nearest-class-mean classifier on mean colour + gradient energy separates the classes
     def features(x: np.ndarray) -> np.ndarray:
         x = x.astype(np.float64) / 255
@@ -63,26 +64,26 @@ def test_synthetic_source_lists_train_then_test() -> None:
     assert [it.split for it in src.items] == ["train"] * 12 + ["test"] * 6
     assert [it.label for it in src.items[:4]] == [0, 1, 2, 0]
     with pytest.raises(SasRayError, match="synthetic"):
-        sources.synthetic_images(0, 4, 12, seed=0, split="train")
+        synthetic.synthetic_images(0, 4, 12, seed=0, split="train")
 
 
 # --- ImageFolder directory and tar ---------------------------------------------------------
 
 
 def test_folder_layout_variants() -> None:
-    assert sources.folder_layout(["train/cat/1.png", "test/dog/2.png", "unlabeled/3.png"]) == [
+    assert imagefolder.folder_layout(["train/cat/1.png", "test/dog/2.png", "unlabeled/3.png"]) == [
         ("train/cat/1.png", "train", "cat"), ("test/dog/2.png", "test", "dog"),
         ("unlabeled/3.png", "unlabeled", None)]
-    assert sources.folder_layout(["cat/1.png", "dog/x/2.png"]) == [
+    assert imagefolder.folder_layout(["cat/1.png", "dog/x/2.png"]) == [
         ("cat/1.png", "train", "cat"), ("dog/x/2.png", "train", "dog")]
-    assert sources.folder_layout(["a.png", "b.jpg"]) == [("a.png", "train", None),
+    assert imagefolder.folder_layout(["a.png", "b.jpg"]) == [("a.png", "train", None),
                                                          ("b.jpg", "train", None)]
     # one wrapper directory is skipped; a lone split folder is not a wrapper
-    assert sources.folder_layout(["cifar/train/cat/1.png"]) == [
+    assert imagefolder.folder_layout(["cifar/train/cat/1.png"]) == [
         ("cifar/train/cat/1.png", "train", "cat")]
-    assert sources.folder_layout(["train/cat/1.png"]) == [("train/cat/1.png", "train", "cat")]
+    assert imagefolder.folder_layout(["train/cat/1.png"]) == [("train/cat/1.png", "train", "cat")]
     with pytest.raises(SasRayError, match="outside the split folders"):
-        sources.folder_layout(["train/cat/1.png", "dog/2.png"])
+        imagefolder.folder_layout(["train/cat/1.png", "dog/2.png"])
 
 
 def test_imagefolder_dir_labels_order_and_ignored(tmp_path: Path, image_folder) -> None:
@@ -166,9 +167,9 @@ def test_iter_tar_agrees_with_tarfile(tmp_path: Path, fmt: int) -> None:
         link = tarfile.TarInfo("link.png")
         link.type, link.linkname = tarfile.SYMTYPE, "c.png"
         tar.addfile(link)
-    assert dict(sources.iter_tar(iter([buf.getvalue()]))) == members
+    assert dict(imagefolder.iter_tar(iter([buf.getvalue()]))) == members
     chunks = [buf.getvalue()[i:i + 100] for i in range(0, len(buf.getvalue()), 100)]
-    assert dict(sources.iter_tar(iter(chunks))) == members  # chunk boundaries anywhere
+    assert dict(imagefolder.iter_tar(iter(chunks))) == members  # chunk boundaries anywhere
 
 
 def test_damaged_archives_fail_clearly(tmp_path: Path, image_folder) -> None:
