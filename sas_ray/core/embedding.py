@@ -12,8 +12,8 @@ Mirzasoleiman 2023); re-normalising would scale it by ``1 / (||e(x)|| ||e(y)||) 
 So ``||e(x)|| <= 1``, with equality only when all views of x embed to the same direction.
 
 The views of an example are drawn from a generator seeded by ``(seed, id)``
-(:func:`example_generators`), so an embedding depends neither on the batch the example lands
-in nor on how many processes share the work.
+(:func:`sas_ray.core.seeding.example_generators`), so an embedding depends neither on the
+batch the example lands in nor on how many processes share the work.
 """
 
 from __future__ import annotations
@@ -21,21 +21,11 @@ from __future__ import annotations
 import hashlib
 import json
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from sas_ray.core.data.augment import SimCLRAugment
 from sas_ray.core.models.heads import SimCLR
-
-
-def example_generators(ids: np.ndarray, seed: int) -> list[torch.Generator]:
-    """One CPU generator per example, seeded from ``(seed, id)`` via numpy's SeedSequence."""
-    gens = []
-    for i in ids.tolist():
-        state = np.random.SeedSequence([seed % 2**64, i % 2**64]).generate_state(1, np.uint64)
-        gens.append(torch.Generator().manual_seed(int(state[0])))
-    return gens
 
 
 @torch.inference_mode()

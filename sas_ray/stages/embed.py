@@ -30,8 +30,9 @@ import torch
 from sas_ray.config import Config, EmbedConfig
 from sas_ray.core.data.augment import SimCLRAugment, to_nchw
 from sas_ray.core.data.images import decode_images
-from sas_ray.core.embedding import encoder_fingerprint, example_generators, mean_view_embeddings
+from sas_ray.core.embedding import encoder_fingerprint, mean_view_embeddings
 from sas_ray.core.models.checkpoint import load_encoder
+from sas_ray.core.seeding import example_generators
 from sas_ray.errors import SasRayError
 from sas_ray.io import storage
 

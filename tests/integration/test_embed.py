@@ -17,9 +17,10 @@ from sas_ray.cli import main
 from sas_ray.config import Config, EmbedConfig
 from sas_ray.core.data.augment import SimCLRAugment, to_nchw
 from sas_ray.core.data.images import decode_images
-from sas_ray.core.embedding import example_generators, mean_view_embeddings
+from sas_ray.core.embedding import mean_view_embeddings
 from sas_ray.core.models.checkpoint import load_encoder, save_encoder
 from sas_ray.core.models.heads import build_model
+from sas_ray.core.seeding import example_generators
 from sas_ray.errors import SasRayError
 from sas_ray.executors.local import LocalExecutor
 from sas_ray.io import shards, storage
