@@ -55,6 +55,8 @@ class DataConfig:
     synthetic_test_per_class: int = 16
     synthetic_size: int = 32
     image_size: int = 32  # side length the models see
+    pool_size: int | None = None  # a class-stratified subset of train used by every stage
+    pool_seed: int = 0  # seed of the pool's draw
 
 
 @dataclass
@@ -113,6 +115,8 @@ class ProxyConfig:
 
     checkpoint: str | None = None  # a sas-ray checkpoint or torchvision weights file; None: train
     epochs: int = 3  # epochs of the proxy SimCLR run when no checkpoint is given
+    arch: str | None = None  # proxy backbone; None: model.arch
+    width: float | None = None  # proxy channel multiplier; None: model.width
 
 
 @dataclass
@@ -174,6 +178,8 @@ class SweepConfig:
     max_concurrent: int | None = None  # trials in flight; None: as many as the cluster fits
     max_failures: int = 1  # retries of a failing trial before it is reported as failed
     trial_cpus: float = 0.0  # CPUs a trial's Tune function reserves (it mostly waits)
+    latent_methods: list[str] = field(default_factory=list)  # a sweep axis; []: latent.method
+    time_budget_min: float | None = None  # start no trial after this many minutes (resumable)
 
 
 @dataclass
