@@ -4,7 +4,7 @@ training on all the data for the same number of epochs, both measured in one run
 Every step is a sas-ray Ray stage function, exactly what ``sas-ray pipeline`` calls:
 :func:`sas_ray.stages.ingest.ingest` (shards), :func:`sas_ray.executors.ray.train.fit` (Ray
 Train, for the proxy, the full-data run and the subset run), :func:`sas_ray.stages.embed.embed`
-(Ray Data actors), :func:`sas_ray.stages.rank.partition` and
+(Ray Data actors), :func:`sas_ray.stages.latent.partition` and
 :func:`sas_ray.stages.rank.rank` (Ray tasks over latent classes; latent classes = labels,
 strategy ``sas``). The data is a stratified
 subset of the CIFAR-10 tar (``--pool`` train images), written as an ImageFolder directory
@@ -85,9 +85,11 @@ def main(argv: list[str] | None = None) -> None:
 
     from sas_ray.executors.ray.session import ensure_ray
     from sas_ray.executors.ray.train import fit
+    from sas_ray.io.artifacts import subset_ids
     from sas_ray.stages.embed import embed
     from sas_ray.stages.ingest import ingest
-    from sas_ray.stages.rank import partition, rank, subset_ids
+    from sas_ray.stages.latent import partition
+    from sas_ray.stages.rank import rank
 
     cores = len(os.sched_getaffinity(0))
     machine = machine_info()
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
                      "strategy": "sas", "latent": "labels",
                      "stages": "sas_ray.stages.ingest.ingest, sas_ray.executors.ray.train.fit, "
                                "sas_ray.stages.embed.embed, "
-                               "sas_ray.stages.rank.partition/rank (Ray)"},
+                               "sas_ray.stages.latent.partition, sas_ray.stages.rank.rank (Ray)"},
         "seconds": {k: round(v, 2) for k, v in t.items()}
         | {"full_fit_startup": round(full["startup_seconds"], 2),
            "subset_fit_startup": round(sub["startup_seconds"], 2),

@@ -46,7 +46,7 @@ COMMANDS: dict[str, tuple[str, str, list[Arg]]] = {
                ("--proxy", {"required": True, "help": "encoder: a sas-ray checkpoint (file or "
                                                       "dir) or torchvision ResNet weights"}),
                ("--out", {"required": True, "help": "embeddings directory or s3:// URI"})]),
-    "latent": ("sas_ray.stages.rank:cli_latent",
+    "latent": ("sas_ray.stages.latent:cli_latent",
                "approximate latent classes (labels, few labels + linear, k-means)",
                [("--embeddings", {"required": True}), ("--out", {"required": True})]),
     "select": ("sas_ray.stages.rank:cli_select",

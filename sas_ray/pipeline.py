@@ -290,7 +290,7 @@ def check_config(cfg: Config) -> None:
 def run_pipeline(cfg: Config) -> Layout:
     """Run every stage (reusing up-to-date outputs); print the report; return the layout."""
     from sas_ray.stages.embed import embed
-    from sas_ray.stages.rank import partition
+    from sas_ray.stages.latent import partition
     from sas_ray.stages.sweep import check_subset_sizes, num_train_images, raise_if_incomplete
 
     check_config(cfg)

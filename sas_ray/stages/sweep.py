@@ -215,8 +215,8 @@ def train_and_evaluate(cfg: Config, data: str, cell: Mapping[str, Any], out: str
                        ) -> dict[str, Any]:
     """Train on the cell's subset (Ray Train), evaluate the final encoder; flat metrics."""
     from sas_ray.executors.ray.train import fit
+    from sas_ray.io.artifacts import subset_ids
     from sas_ray.stages.evaluate import evaluate_checkpoint
-    from sas_ray.stages.rank import subset_ids
 
     ids = None if cell["ranking"] is None else subset_ids(cell["ranking"], cell["fraction"])
     summary = completed_fit(out)

@@ -15,7 +15,9 @@ from sas_ray.config import Config
 from sas_ray.core.selection.registry import SELECTORS
 from sas_ray.errors import SasRayError
 from sas_ray.io import storage
-from sas_ray.stages.rank import load_ranking, partition, rank, read_embeddings, subset_ids
+from sas_ray.io.artifacts import load_ranking, read_embeddings, subset_ids
+from sas_ray.stages.latent import partition
+from sas_ray.stages.rank import rank
 
 pytestmark = pytest.mark.ray
 

@@ -53,7 +53,7 @@ def test_sweep_resumes_reports_failures_and_analyzes(ray_session: Any, tmp_path:
     shards_uri, shards = shards_stage(cfg, layout, state)
     proxy_stage(cfg, layout, state, shards_uri, shards)
     from sas_ray.stages.embed import embed
-    from sas_ray.stages.rank import partition
+    from sas_ray.stages.latent import partition
 
     embed(cfg, shards_uri, proxy, layout.embeddings)
     partition(cfg, layout.embeddings, layout.partition)

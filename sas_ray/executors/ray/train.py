@@ -57,7 +57,7 @@ def read_subset(uri: str, fraction: float | None = None) -> np.ndarray:
         if manifest.get("stage") != "ranking":
             raise SasRayError(f"{uri} holds a '{manifest.get('stage')}' artifact; --subset takes "
                               "a ranking (sas-ray select) or a list of ids (.json/.parquet)")
-        from sas_ray.stages.rank import subset_ids
+        from sas_ray.io.artifacts import subset_ids
 
         return np.asarray(subset_ids(uri, fraction), dtype=np.int64)
     if not storage.exists(uri):

@@ -1,0 +1,167 @@
+"""Readers and a writer of the Parquet artifacts of the embed, latent and rank stages.
+
+Every artifact is Parquet files plus a manifest (:mod:`sas_ray.io.storage`), readable by
+pandas/pyarrow without sas-ray:
+
+* ``embeddings``: ``id`` int64, ``label`` int64 (nullable), ``emb``
+  fixed_size_list<float32|float16>[dim]; rows in no particular order, split over files.
+* ``partition``: ``id`` int64, ``latent_class`` int64.
+* ``ranking``: ``id``, ``rank`` (0 = best), ``score``, ``latent_class``, sorted by rank; the
+  subset for a fraction f is the rows with ``rank < floor(f n + 1/2)``.
+
+Readers read only the files the manifest lists, check the columns they need, and return rows
+sorted by id (rankings: by rank).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from sas_ray.core.selection.ranking import Ranking
+from sas_ray.errors import SasRayError
+from sas_ray.io import storage
+
+EMBEDDINGS, PARTITION, RANKING = "embeddings", "partition", "ranking"
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """An embeddings artifact in memory, rows sorted by id."""
+
+    ids: np.ndarray  # (n,) int64
+    x: np.ndarray  # (n, d) float32 or float16
+    labels: np.ndarray  # (n,) int64, -1 where unknown
+    fingerprint: str
+
+
+def read_parquet(uri: str, stage: str, columns: list[str]) -> tuple[pa.Table, dict[str, Any]]:
+    """``columns`` of every Parquet file of the ``stage`` artifact at ``uri``, sorted by id,
+    and its manifest."""
+    manifest = storage.require_manifest(uri, stage)
+    files = [f for f in storage.artifact_files(uri, manifest) if f.endswith(".parquet")]
+    if not files:
+        raise SasRayError(f"the {stage} artifact at {uri} lists no Parquet files; rerun the "
+                          "stage that writes it")
+    tables = []
+    for f in files:
+        fs, path = storage.filesystem(f)
+        with storage.s3_errors(f):
+            schema = pq.read_schema(path, filesystem=fs)
+            missing = [c for c in columns if c not in schema.names]
+            if missing:
+                raise SasRayError(f"{f} has no column(s) {', '.join(missing)} (columns: "
+                                  f"{', '.join(schema.names)}); rerun the {stage} stage")
+            tables.append(pq.read_table(path, columns=columns, filesystem=fs))
+    table = pa.concat_tables(tables, promote_options="permissive")
+    return table.sort_by("id"), manifest
+
+
+def write_table(table: pa.Table, uri: str) -> None:
+    """Write ``table`` as one zstd Parquet file at ``uri`` (local or ``s3://``)."""
+    fs, path = storage.filesystem(uri)
+    with storage.s3_errors(uri):
+        if not storage.is_s3(uri):
+            fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        pq.write_table(table, path, filesystem=fs, compression="zstd")
+
+
+def commit_table(out: str, stage: str, table: pa.Table, meta: dict[str, Any], config: Any,
+                 inputs: dict[str, str], seed: int) -> dict[str, Any]:
+    """Commit ``table`` as the single file of a new ``stage`` artifact at ``out``; returns its
+    manifest. On failure nothing is left at ``out`` (a previous artifact stays)."""
+    existed = storage.exists(out)
+    try:
+        with storage.write_artifact(out, stage, config=config, inputs=inputs, seed=seed) as w:
+            write_table(table, storage.join(w.dir, f"{stage}.parquet"))
+            w.meta.update(meta)
+    except BaseException:
+        if not existed:
+            storage.delete(out)
+        raise
+    return storage.require_manifest(out, stage)
+
+
+def _check_unique(ids: np.ndarray, uri: str) -> None:
+    if ids.size > 1 and (np.diff(ids) == 0).any():
+        raise SasRayError(f"{uri} holds {int((np.diff(ids) == 0).sum())} duplicated ids; "
+                          "rerun the stage that writes it")
+
+
+def read_embeddings(uri: str) -> Embeddings:
+    """Ids, embedding matrix and labels of an ``embeddings`` artifact (local or s3://)."""
+    table, manifest = read_parquet(uri, EMBEDDINGS, ["id", "label", "emb"])
+    ids = table["id"].to_numpy()
+    _check_unique(ids, uri)
+    emb = table["emb"].combine_chunks()
+    if not pa.types.is_list(emb.type) and not pa.types.is_fixed_size_list(emb.type):
+        raise SasRayError(f"{uri}: column 'emb' is {emb.type}, expected a list of floats; "
+                          "rerun `sas-ray embed`")
+    if emb.null_count:
+        raise SasRayError(f"{uri}: {emb.null_count} rows have no embedding; rerun "
+                          "`sas-ray embed`")
+    lengths = pc.list_value_length(emb).to_numpy(zero_copy_only=False)
+    if lengths.size and (lengths != lengths[0]).any():
+        raise SasRayError(f"{uri}: embeddings have different lengths "
+                          f"({lengths.min()}..{lengths.max()}); rerun `sas-ray embed`")
+    values = pc.list_flatten(emb).to_numpy(zero_copy_only=False)
+    x = values.reshape(ids.size, int(lengths[0]) if lengths.size else 0)
+    labels = table["label"].fill_null(-1).to_numpy().astype(np.int64)
+    return Embeddings(ids=ids, x=x, labels=labels, fingerprint=manifest["fingerprint"])
+
+
+def read_partition(uri: str, ids: np.ndarray) -> tuple[np.ndarray, str]:
+    """Latent class of each of ``ids`` (sorted) from a ``partition`` artifact, and its
+    fingerprint; the partition must cover exactly these ids and have no empty class."""
+    table, manifest = read_parquet(uri, PARTITION, ["id", "latent_class"])
+    part_ids = table["id"].to_numpy()
+    _check_unique(part_ids, uri)
+    if not np.array_equal(part_ids, ids):
+        differ = np.setxor1d(part_ids, ids).size
+        raise SasRayError(f"the partition at {uri} covers other examples than the embeddings "
+                          f"({differ} ids differ); rerun `sas-ray latent` on these embeddings")
+    latent = table["latent_class"].to_numpy().astype(np.int64)
+    declared = {int(k) for k in manifest["meta"].get("sizes", {})}
+    empty = sorted(declared - set(np.unique(latent).tolist()))
+    if empty:
+        raise SasRayError(f"the partition at {uri} declares {len(empty)} latent class(es) "
+                          f"with no rows (e.g. class {empty[0]}); rerun `sas-ray latent`")
+    return latent, manifest["fingerprint"]
+
+
+@dataclass(frozen=True)
+class StoredRanking:
+    """A ranking artifact: ids and latent classes in rank order, and its cut rule."""
+
+    uri: str
+    ids: np.ndarray
+    ranking: Ranking  # order = 0..n-1 (rows are already in rank order)
+    strategy: str
+
+    def subset(self, fraction: float | None) -> np.ndarray:
+        return self.ids[self.ranking.cut(fraction)]
+
+
+def load_ranking(uri: str) -> StoredRanking:
+    """Read a ``ranking`` artifact (local or s3://)."""
+    table, manifest = read_parquet(uri, RANKING, ["id", "rank", "score", "latent_class"])
+    table = table.sort_by("rank")
+    meta = manifest["meta"]
+    n = table.num_rows
+    ranking = Ranking(order=np.arange(n), scores=table["score"].to_numpy(),
+                      latent=table["latent_class"].to_numpy(), nested=bool(meta["nested"]),
+                      balanced=bool(meta["balanced"]), fraction=meta.get("fraction"))
+    return StoredRanking(uri=uri, ids=table["id"].to_numpy(), ranking=ranking,
+                         strategy=str(meta["strategy"]))
+
+
+def subset_ids(ranking_uri: str, fraction: float | None = None) -> np.ndarray:
+    """Ids of the subset at ``fraction`` (the first ``floor(f n + 1/2)`` ranks: a
+    per-class-proportional prefix for balanced strategies). Non-nested rankings accept only
+    their own fraction, which is also the default."""
+    return load_ranking(ranking_uri).subset(fraction)
