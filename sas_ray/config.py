@@ -11,6 +11,17 @@ A config file mirrors the dataclasses::
 and every key can be overridden on the command line with the same dotted name,
 ``sas-ray pipeline --config cfg.yaml --train.epochs 5 --sweep.fractions 0.2,0.6``.
 Values on the command line are parsed as YAML scalars/lists, then coerced to the field's type.
+
+Checked when loaded: the type of every value, the allowed values of ``Literal`` keys, and the
+bounds declared on a field with :func:`setting` (``ge``/``gt``/``le``/``lt``, applied to each
+item of a list). Checks across keys and against the code's registries are in
+:mod:`sas_ray.validate`.
+
+``setting(..., result=False)`` marks a key that changes no computed artifact: where work runs
+and how it is scheduled, chunked, retried, monitored or recorded, and list keys that choose
+*which* artifacts are made (``select.strategies``, ``sweep.fractions``, ``sweep.seeds``) but
+not their content. Float rounding that depends on chunking or thread counts is not counted as a
+change. :func:`result_settings` gives a section's other keys, the ones a fingerprint covers.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -29,17 +41,47 @@ class ConfigError(SasRayError):
     """A config key or value is wrong; the message names the key and the fix."""
 
 
+Arch = Literal["resnet10", "resnet18", "resnet50"]  # sas_ray.core.models.backbones.ARCHS
+LatentMethod = Literal["labels", "few-labels", "kmeans"]
+
+
+def setting(default: Any = dataclasses.MISSING, *, factory: Callable[[], Any] | None = None,
+            result: bool = True, ge: float | None = None, gt: float | None = None,
+            le: float | None = None, lt: float | None = None) -> Any:
+    """A dataclass field with its metadata: ``result=False`` for a key that changes no
+    computed artifact (see the module docstring); ``ge``/``gt``/``le``/``lt`` bound the value
+    (each item of a list value; ``None`` values are not bounded)."""
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    metadata = {"result": result, "bounds": bounds}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def result_settings(section: Any) -> dict[str, Any]:
+    """The keys of a config section (a dataclass instance) that change what a stage computes,
+    as a dict (``dataclasses.asdict`` without the ``result=False`` keys)."""
+    values = dataclasses.asdict(section)
+    return {f.name: values[f.name] for f in dataclasses.fields(section)
+            if f.metadata.get("result", True)}
+
+
 @dataclass
 class RunConfig:
     """Where outputs go and how Ray is reached."""
 
     name: str = "quickstart"
-    executor: Literal["ray", "local"] = "ray"  # ray: Ray Data/tasks/Train/Tune; local: no Ray
-    storage: str = "outputs"  # local dir or s3://bucket/prefix; every stage writes below it
+    # ray: Ray Data/tasks/Train/Tune; local: no Ray
+    executor: Literal["ray", "local"] = setting("ray", result=False)
+    # local dir or s3://bucket/prefix; every stage writes below it
+    storage: str = setting("outputs", result=False)
     seed: int = 0
-    ray_address: str | None = None  # None: $RAY_ADDRESS if set, else a local Ray instance
-    num_cpus: int | None = None  # local Ray only; None lets Ray count cores
-    object_store_mb: int | None = None  # local Ray only; None lets Ray size it
+    # None: $RAY_ADDRESS if set, else a local Ray instance
+    ray_address: str | None = setting(None, result=False)
+    # local Ray only; None lets Ray count cores
+    num_cpus: int | None = setting(None, result=False, ge=1)
+    # local Ray only; None: Ray sizes it
+    object_store_mb: int | None = setting(None, result=False, ge=1)
 
 
 @dataclass
@@ -47,15 +89,16 @@ class DataConfig:
     """Image source and shard format."""
 
     source: str = "synthetic"  # synthetic | ImageFolder dir/tar(.gz) | idx:DIR | torchvision:NAME
-    shard_size: int = 4096  # images per Parquet file
-    on_corrupt: str = "fail"  # fail | skip: what ingest does with an undecodable image
-    download: bool = False  # torchvision sources: allow a download
-    synthetic_classes: int = 4
-    synthetic_train_per_class: int = 64
-    synthetic_test_per_class: int = 16
-    synthetic_size: int = 32
-    image_size: int = 32  # side length the models see
-    pool_size: int | None = None  # a class-stratified subset of train used by every stage
+    shard_size: int = setting(4096, ge=1)  # images per Parquet file
+    on_corrupt: Literal["fail", "skip"] = "fail"  # what ingest does with an undecodable image
+    download: bool = setting(False, result=False)  # torchvision sources: allow a download
+    synthetic_classes: int = setting(4, ge=1)
+    synthetic_train_per_class: int = setting(64, ge=1)
+    synthetic_test_per_class: int = setting(16, ge=1)
+    synthetic_size: int = setting(32, ge=4)
+    image_size: int = setting(32, ge=1)  # side length the models see
+    # a class-stratified subset of train used by every stage
+    pool_size: int | None = setting(None, ge=1)
     pool_seed: int = 0  # seed of the pool's draw
 
 
@@ -63,50 +106,56 @@ class DataConfig:
 class ModelConfig:
     """Backbone and projection head."""
 
-    arch: str = "resnet10"  # resnet10 | resnet18 | resnet50
-    width: float = 0.25  # channel multiplier (1.0 = torchvision widths)
-    proj_dim: int = 128
-    proj_hidden: int | None = None  # None: backbone feature dim
-    stem: str = "auto"  # auto (cifar up to 64 px, else imagenet) | cifar | imagenet
+    arch: Arch = "resnet10"
+    width: float = setting(0.25, gt=0)  # channel multiplier (1.0 = torchvision widths)
+    proj_dim: int = setting(128, ge=1)
+    proj_hidden: int | None = setting(None, ge=1)  # None: backbone feature dim
+    stem: Literal["auto", "cifar", "imagenet"] = "auto"  # auto: cifar up to 64 px, else imagenet
 
 
 @dataclass
 class TrainConfig:
     """SimCLR training (reference recipe: Adam 1e-3, wd 1e-6, temperature 0.5, batch 512)."""
 
-    epochs: int = 3
-    batch_size: int = 128
-    optimizer: str = "adam"  # adam | sgd | lars
-    lr: float = 1e-3
-    weight_decay: float = 1e-6
-    momentum: float = 0.9
-    warmup_epochs: int = 0  # linear warm-up epochs
-    schedule: str = "auto"  # auto (adam: constant, sgd/lars: cosine) | constant | cosine
-    temperature: float = 0.5
-    num_workers: int = 1  # Ray Train workers
-    cpus_per_worker: float = 1.0  # Ray CPUs per worker (torch threads: its integer part, >= 1)
-    use_gpu: str = "auto"  # auto | true | false
+    epochs: int = setting(3, ge=1)
+    batch_size: int = setting(128, ge=2)
+    optimizer: Literal["adam", "sgd", "lars"] = "adam"
+    lr: float = setting(1e-3, gt=0)
+    weight_decay: float = setting(1e-6, ge=0)
+    momentum: float = setting(0.9, ge=0, lt=1)
+    warmup_epochs: int = setting(0, ge=0)  # linear warm-up epochs
+    schedule: Literal["auto", "constant", "cosine"] = "auto"  # auto: adam constant, else cosine
+    temperature: float = setting(0.5, gt=0)
+    num_workers: int = setting(1, ge=1)  # DDP workers (per-worker batch: batch_size // num_workers)
+    # Ray CPUs per worker (torch threads: its integer part, >= 1)
+    cpus_per_worker: float = setting(1.0, result=False, gt=0)
+    use_gpu: Literal["auto", "true", "false"] = "auto"
     amp: bool = True  # mixed precision when on GPU
-    checkpoint_every: int = 1  # epochs
-    max_failures: int = 2  # Ray Train FailureConfig
-    knn_every: int = 0  # online kNN accuracy every N epochs (0: off), on a val split of train
-    knn_images: int = 5000  # labelled train images the online kNN uses (bank + val queries)
-    cache_mb: int = 1024  # keep the encoded train images in Ray's object store up to this size
-    record_ids: bool = False  # write the ids each worker trained on to <out>/ids/ (audit)
+    checkpoint_every: int = setting(1, result=False, ge=1)  # epochs
+    max_failures: int = setting(2, result=False, ge=0)  # Ray Train FailureConfig
+    # online kNN accuracy every N epochs (0: off), on a val split of train
+    knn_every: int = setting(0, result=False, ge=0)
+    # labelled train images the online kNN uses (bank + val queries)
+    knn_images: int = setting(5000, result=False, ge=2)
+    # keep the encoded train images in Ray's object store up to this size
+    cache_mb: int = setting(1024, result=False, ge=0)
+    # write the ids each worker trained on to <out>/ids/ (audit)
+    record_ids: bool = setting(False, result=False)
 
 
 @dataclass
 class EvalConfig:
     """Linear probe and kNN on frozen features."""
 
-    probe: str = "lbfgs"  # lbfgs | sgd
-    probe_epochs: int = 100
-    probe_l2: float = 1e-4
-    probe_l2_grid: list[float] = field(default_factory=list)  # choose l2 on a val split of train
-    val_fraction: float = 0.1  # of each train class, for the probe_l2_grid choice
-    knn_k: int = 200
-    knn_t: float = 0.1
-    batch_size: int = 512
+    probe: Literal["lbfgs", "sgd"] = "lbfgs"
+    probe_epochs: int = setting(100, ge=1)
+    probe_l2: float = setting(1e-4, ge=0)
+    probe_l2_grid: list[float] = setting(factory=list, ge=0)  # choose l2 on a val split of train
+    # of each train class, for the probe_l2_grid choice
+    val_fraction: float = setting(0.1, gt=0, lt=1)
+    knn_k: int = setting(200, ge=1)
+    knn_t: float = setting(0.1, gt=0)
+    batch_size: int = setting(512, ge=1)  # feature extraction and the sgd probe
 
 
 @dataclass
@@ -114,80 +163,93 @@ class ProxyConfig:
     """The proxy encoder whose embeddings drive selection."""
 
     checkpoint: str | None = None  # a sas-ray checkpoint or torchvision weights file; None: train
-    epochs: int = 3  # epochs of the proxy SimCLR run when no checkpoint is given
-    arch: str | None = None  # proxy backbone; None: model.arch
-    width: float | None = None  # proxy channel multiplier; None: model.width
+    epochs: int = setting(3, ge=1)  # epochs of the proxy SimCLR run when no checkpoint is given
+    arch: Arch | None = None  # proxy backbone; None: model.arch
+    width: float | None = setting(None, gt=0)  # proxy channel multiplier; None: model.width
 
 
 @dataclass
 class EmbedConfig:
     """Ray Data embedding stage."""
 
-    views: int = 2  # augmented views per image; 0 = the un-augmented image
-    dtype: str = "float32"  # float32 | float16
-    batch_size: int = 256
-    num_actors: int = 2  # on a GPU cluster: at most one per GPU
-    feature: str = "projection"  # projection | backbone
-    image_size: int | None = None  # None: the size the proxy was trained at
-    cpus_per_actor: float | None = None  # None: (cluster CPUs - 1) / num_actors
-    threads: int | None = None  # torch threads per actor; None: floor(cpus_per_actor), >= 1
+    views: int = setting(2, ge=0)  # augmented views per image; 0 = the un-augmented image
+    dtype: Literal["float32", "float16"] = "float32"
+    batch_size: int = setting(256, result=False, ge=1)  # embeddings are seeded per (seed, id)
+    num_actors: int = setting(2, result=False, ge=1)  # on a GPU cluster: at most one per GPU
+    feature: Literal["projection", "backbone"] = "projection"
+    image_size: int | None = setting(None, ge=1)  # None: the size the proxy was trained at
+    # None: (cluster CPUs - 1) / num_actors
+    cpus_per_actor: float | None = setting(None, result=False, gt=0)
+    # torch threads per actor; None: floor(cpus_per_actor), >= 1
+    threads: int | None = setting(None, result=False, ge=1)
 
 
 @dataclass
 class LatentConfig:
     """Approximate latent classes."""
 
-    method: str = "labels"  # labels | few-labels | kmeans
-    k: int = 10  # kmeans clusters
-    label_fraction: float = 0.01  # few-labels: fraction of labels revealed
-    min_class_size: int = 2  # smaller classes are merged into the nearest class
-    classifier_steps: int = 100  # few-labels: L-BFGS iterations of the linear classifier
-    classifier_l2: float = 1e-4  # few-labels: L2 penalty of the linear classifier
-    kmeans_iters: int = 100  # kmeans: mini-batch steps
-    kmeans_batch_size: int = 4096  # kmeans: rows per mini-batch
-    kmeans_init_sample: int = 20000  # kmeans: rows sampled for k-means++ initialisation
+    method: LatentMethod = "labels"
+    k: int = setting(10, ge=1)  # kmeans clusters
+    label_fraction: float = setting(0.01, gt=0, le=1)  # few-labels: fraction of labels revealed
+    min_class_size: int = setting(2, ge=1)  # smaller classes are merged into the nearest class
+    # few-labels: L-BFGS iterations of the linear classifier
+    classifier_steps: int = setting(100, ge=1)
+    classifier_l2: float = setting(1e-4, ge=0)  # few-labels: L2 penalty of the linear classifier
+    kmeans_iters: int = setting(100, ge=1)  # kmeans: mini-batch steps
+    kmeans_batch_size: int = setting(4096, ge=1)  # kmeans: rows per mini-batch
+    # kmeans: rows sampled for k-means++ initialisation
+    kmeans_init_sample: int = setting(20000, ge=1)
 
 
 @dataclass
 class SelectConfig:
     """Subset selection."""
 
-    strategies: list[str] = field(default_factory=lambda: ["sas", "random"])
+    # the strategies ranked (which rankings are made, not what they hold)
+    strategies: list[str] = setting(factory=lambda: ["sas", "random"], result=False)
     similarity_floor: float | None = None  # clip similarities below this (reference: 0.0)
     double_greedy: bool = False  # sas: refine each class by double greedy (not nested)
-    double_greedy_rule: str = "deterministic"  # deterministic | randomized
-    block_size: int = 4096  # rows per block of similarity products
-    matrix_mb: int = 1024  # sas: largest per-class similarity matrix kept in memory (MiB)
-    num_workers: int = 2  # parallel Ray tasks over latent classes
-    clusters_per_class: int = 1  # prototypes/semdedup: k-means clusters within a latent class
-    supervised_model: str = "linear"  # forgetting/el2n head on embeddings: linear | mlp
-    supervised_epochs: int = 20  # forgetting: training epochs
-    supervised_lr: float = 0.1  # forgetting/el2n: SGD learning rate
-    supervised_batch_size: int = 128  # forgetting/el2n: minibatch size
-    el2n_epochs: int = 2  # el2n: epochs trained before scoring (early in training)
-    el2n_seeds: int = 3  # el2n: independent runs averaged
+    double_greedy_rule: Literal["deterministic", "randomized"] = "deterministic"
+    block_size: int = setting(4096, result=False, ge=1)  # rows per block of similarity products
+    # sas: largest per-class similarity matrix kept in memory (MiB)
+    matrix_mb: int = setting(1024, result=False, ge=0)
+    # parallel tasks/processes over latent classes
+    num_workers: int = setting(2, result=False, ge=1)
+    # prototypes/semdedup: k-means clusters within a latent class
+    clusters_per_class: int = setting(1, ge=1)
+    supervised_model: Literal["linear", "mlp"] = "linear"  # forgetting/el2n head on embeddings
+    supervised_epochs: int = setting(20, ge=1)  # forgetting: training epochs
+    supervised_lr: float = setting(0.1, gt=0)  # forgetting/el2n: SGD learning rate
+    supervised_batch_size: int = setting(128, ge=1)  # forgetting/el2n: minibatch size
+    el2n_epochs: int = setting(2, ge=1)  # el2n: epochs trained before scoring (early in training)
+    el2n_seeds: int = setting(3, ge=1)  # el2n: independent runs averaged
 
 
 @dataclass
 class SweepConfig:
     """Ray Tune sweep over strategy x fraction x seed."""
 
-    fractions: list[float] = field(default_factory=lambda: [0.5, 0.75])
-    seeds: list[int] = field(default_factory=lambda: [0])
-    include_full: bool = True
-    max_concurrent: int | None = None  # trials in flight; None: as many as the cluster fits
-    max_failures: int = 1  # retries of a failing trial before it is reported as failed
-    trial_cpus: float = 0.0  # CPUs a trial's Tune function reserves (it mostly waits)
-    latent_methods: list[str] = field(default_factory=list)  # a sweep axis; []: latent.method
-    time_budget_min: float | None = None  # start no trial after this many minutes (resumable)
+    fractions: list[float] = setting(factory=lambda: [0.5, 0.75], result=False, gt=0, le=1)
+    seeds: list[int] = setting(factory=lambda: [0], result=False)
+    include_full: bool = setting(True, result=False)  # also train on all the data
+    # trials in flight; None: as many as the cluster fits
+    max_concurrent: int | None = setting(None, result=False, ge=1)
+    # retries of a failing trial before it is reported as failed
+    max_failures: int = setting(1, result=False, ge=0)
+    # CPUs a trial's Tune function reserves (it mostly waits)
+    trial_cpus: float = setting(0.0, result=False, ge=0)
+    # a sweep axis; []: latent.method
+    latent_methods: list[LatentMethod] = setting(factory=list, result=False)
+    # start no trial after this many minutes (resumable)
+    time_budget_min: float | None = setting(None, result=False, gt=0)
 
 
 @dataclass
 class AnalyzeConfig:
     """Report settings."""
 
-    tolerance: float = 0.5  # accuracy points from full data that count as "no loss"
-    metric: str = "linear_acc"  # linear_acc | knn_acc: the accuracy data savings are judged by
+    tolerance: float = setting(0.5, ge=0)  # accuracy points from full data that count as "no loss"
+    metric: Literal["linear_acc", "knn_acc"] = "linear_acc"  # what data savings are judged by
 
 
 @dataclass
@@ -213,9 +275,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if origin is Literal:
         allowed = typing.get_args(tp)
+        if isinstance(value, bool) and str(value).lower() in allowed:
+            return str(value).lower()  # YAML reads `true` as a bool
         if value not in allowed:
-            raise ConfigError(f"config key '{key}': {value!r} is not one of "
-                              f"{', '.join(map(str, allowed))}; pass one of them")
+            raise ConfigError(f"config key '{key}': {value!r} is not allowed; use one of: "
+                              f"{', '.join(map(str, allowed))}")
         return value
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -250,31 +314,50 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"config key '{key}': cannot read {value!r} as {tp.__name__}; fix the value")
 
 
+_BOUND_TEXT = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+_BOUND_OK = {"ge": float.__ge__, "gt": float.__gt__, "le": float.__le__, "lt": float.__lt__}
+
+
+def _check_bounds(value: Any, bounds: dict[str, float], key: str) -> None:
+    """Raise a ConfigError naming ``key`` when ``value`` (or an item of it) is out of bounds."""
+    for item in value if isinstance(value, list) else [value]:
+        if item is None or not bounds:
+            continue
+        if not all(_BOUND_OK[op](float(item), float(b)) for op, b in bounds.items()):
+            rule = " and ".join(f"{_BOUND_TEXT[op]} {b:g}" for op, b in bounds.items())
+            raise ConfigError(f"config key '{key}' must be {rule}, got {item!r}")
+
+
 def _section_types(section: Any) -> dict[str, Any]:
     return typing.get_type_hints(type(section))
 
 
 def apply(cfg: Config, updates: dict[str, Any]) -> Config:
     """Apply ``{"train.epochs": 5, ...}`` or nested ``{"train": {"epochs": 5}}`` in place."""
+    sections = {f.name for f in dataclasses.fields(cfg)}
     flat: dict[str, Any] = {}
     for key, value in updates.items():
-        if isinstance(value, dict):
-            for sub, v in value.items():
-                flat[f"{key}.{sub}"] = v
-        else:
+        if "." in key:
             flat[key] = value
+        elif key in sections and not isinstance(value, dict):
+            raise ConfigError(f"config section '{key}' must be a mapping of keys (e.g. "
+                              f"'{key}:' then indented 'key: value' lines), got {value!r}")
+        else:
+            for sub, v in (value.items() if isinstance(value, dict) else [("", value)]):
+                flat[f"{key}.{sub}"] = v
     for key, value in flat.items():
         section_name, _, name = key.partition(".")
-        section = getattr(cfg, section_name, None)
-        if section is None or not dataclasses.is_dataclass(section):
-            sections = ", ".join(f.name for f in dataclasses.fields(cfg))
+        if section_name not in sections:
             raise ConfigError(f"unknown config section '{section_name}' (in '{key}'); "
-                              f"sections are: {sections}")
-        types_ = _section_types(section)
-        if name not in types_:
+                              f"sections are: {', '.join(sorted(sections))}")
+        section = getattr(cfg, section_name)
+        fields = {f.name: f for f in dataclasses.fields(section)}
+        if name not in fields:
             raise ConfigError(f"unknown config key '{key}'; keys of '{section_name}' are: "
-                              f"{', '.join(types_)}")
-        setattr(section, name, _coerce(value, types_[name], key))
+                              f"{', '.join(fields)}")
+        coerced = _coerce(value, _section_types(section)[name], key)
+        _check_bounds(coerced, fields[name].metadata.get("bounds", {}), key)
+        setattr(section, name, coerced)
     return cfg
 
 
@@ -286,15 +369,30 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist; pass an existing YAML file "
                               "(see configs/)")
-        import yaml
-
-        data = yaml.safe_load(p.read_text()) or {}
+        data = _read_yaml(p) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"config file {p} must hold a mapping of sections")
         apply(cfg, data)
     if overrides:
         apply(cfg, overrides)
     return cfg
+
+
+def _read_yaml(path: Path) -> Any:
+    """The parsed YAML file; a syntax error becomes one line ``FILE:LINE:COLUMN: problem``."""
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = " ".join(p for p in (err.context, err.problem) if p)
+        raise ConfigError(f"{where}: invalid YAML: {problem}; fix the file") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(err).split())}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text file; pass a YAML config file") from None
 
 
 def parse_overrides(argv: list[str]) -> dict[str, Any]:

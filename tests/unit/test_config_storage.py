@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import typing
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,87 @@ def test_bad_config_files(tmp_path: Path) -> None:
         config_mod.load(tmp_path / "list.yaml")
     (tmp_path / "empty.yaml").write_text("")
     assert config_mod.load(tmp_path / "empty.yaml") == Config()
+
+
+@pytest.mark.parametrize(("updates", "message"), [
+    ({"model.arch": "resnet99"},
+     "config key 'model.arch': 'resnet99' is not allowed; use one of: resnet10, resnet18, "
+     "resnet50"),
+    ({"train.optimizer": "adamw"}, "use one of: adam, sgd, lars"),
+    ({"latent.k": 0}, "config key 'latent.k' must be >= 1, got 0"),
+    ({"sweep.fractions": [0.5, 1.5]}, "config key 'sweep.fractions' must be > 0 and <= 1, got 1.5"),
+    ({"train.lr": 0}, "config key 'train.lr' must be > 0"),
+    ({"embed.views": -1}, "config key 'embed.views' must be >= 0"),
+    ({"train": 5}, "config section 'train' must be a mapping of keys"),
+    ({"sweep.latent_methods": "kmeans,spectral"}, "'sweep.latent_methods': 'spectral'"),
+])
+def test_enumerations_and_bounds_are_checked_at_load(updates: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        config_mod.apply(Config(), updates)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_literal_keys_take_yaml_booleans_and_none_is_unbounded() -> None:
+    cfg = config_mod.apply(Config(), config_mod.parse_overrides(
+        ["--train.use_gpu", "false", "--embed.threads", "none", "--latent.k", "1"]))
+    assert cfg.train.use_gpu == "false" and cfg.embed.threads is None and cfg.latent.k == 1
+
+
+@pytest.mark.parametrize(("text", "where"), [
+    ("train:\n  epochs: [1,\n", ":3:1: invalid YAML"),
+    ("train:\n  epochs: 1\n lr: 2\n", ":3:2: invalid YAML"),
+    ("train: {epochs: 1\n", ":2:1: invalid YAML"),
+])
+def test_yaml_syntax_errors_name_file_line_and_column(tmp_path: Path, text: str,
+                                                      where: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        config_mod.load(path)
+    assert f"{path}{where}" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_yaml_section_that_is_not_a_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_text("train: 5\n")
+    with pytest.raises(ConfigError, match="config section 'train' must be a mapping"):
+        config_mod.load(path)
+
+
+def test_result_settings_leave_out_scheduling_and_bookkeeping() -> None:
+    train = config_mod.result_settings(Config().train)
+    assert "epochs" in train and "num_workers" in train and "amp" in train
+    for key in ("max_failures", "checkpoint_every", "record_ids", "knn_every", "knn_images",
+                "cpus_per_worker", "cache_mb"):
+        assert key not in train
+    assert set(config_mod.result_settings(Config().embed)) == {"views", "dtype", "feature",
+                                                               "image_size"}
+    select = config_mod.result_settings(Config().select)
+    assert "strategies" not in select and "num_workers" not in select
+    assert "similarity_floor" in select
+    assert "executor" not in config_mod.result_settings(Config().run)
+    changed = config_mod.apply(Config(), {"train.cpus_per_worker": 3, "train.max_failures": 0})
+    assert config_mod.result_settings(changed.train) == train
+    assert config_mod.result_settings(config_mod.apply(Config(), {"train.lr": 0.5}).train) != train
+
+
+def _allowed(section: type, key: str) -> set[str]:
+    tp = typing.get_type_hints(section)[key]
+    return {a for a in typing.get_args(tp) if a is not type(None)}
+
+
+def test_enumerated_keys_match_the_code_that_reads_them() -> None:
+    from sas_ray.analysis.report import METRICS
+    from sas_ray.core.models.backbones import ARCHS, STEMS
+    from sas_ray.core.models.heads import Feature
+    from sas_ray.core.selection.sas import DOUBLE_GREEDY_RULES
+
+    assert _allowed(config_mod.ModelConfig, "arch") == set(ARCHS)
+    assert _allowed(config_mod.ProxyConfig, "arch") == set(ARCHS)
+    assert _allowed(config_mod.ModelConfig, "stem") == {"auto", *STEMS}
+    assert _allowed(config_mod.EmbedConfig, "feature") == set(typing.get_args(Feature))
+    assert _allowed(config_mod.SelectConfig, "double_greedy_rule") == set(DOUBLE_GREEDY_RULES)
+    assert _allowed(config_mod.AnalyzeConfig, "metric") == set(METRICS)
 
 
 def test_round_trip_through_dict() -> None:
