@@ -1,30 +1,33 @@
-"""``sas-ray pipeline``: data -> proxy -> embeddings -> latent classes -> rankings -> sweep ->
-report, every stage cached by the fingerprint of its settings and inputs.
+"""``sas-ray pipeline``: data -> pool -> proxy -> embeddings -> latent classes -> rankings ->
+sweep -> report, on the executor ``run.executor`` names (``ray``, or ``local``: no Ray import),
+every stage cached by the fingerprint of its settings and inputs.
 
 Layout under ``run.storage`` (local or ``s3://``)::
 
     shards/               ingest (skipped when data.source already is a shards artifact)
+    pool/                 data.pool_size stratified train images + the other splits (if set)
     proxy/                proxy encoder (encoder.pt), unless proxy.checkpoint is given
+    proxy-run/<fp>/       the proxy's training run
     embeddings/           proxy embeddings of the train split
-    partition/            latent classes
-    rankings/<strategy>/  one ranking per strategy (non-nested ones: .../f<fraction>/)
-    runs/<trial>/         Ray Train run, encoder and stored result of every sweep trial
-    sweep/                the Ray Tune experiment (sas-ray analyze reads it)
-    report/               table.md, table.csv, savings.csv, accuracy_vs_fraction.png
+    partition/<method>/   latent classes, one per sweep.latent_methods (default latent.method)
+    rankings/<method>/<strategy>/   one ranking per strategy and method (non-nested ones:
+                          .../f<fraction>/; latent-free ones: rankings/<strategy>/)
+    runs/<trial>/         training run and stored result (result/) of every sweep trial
+    sweep/                the sweep artifact: every trial, its status and result
+    tune/                 the Ray Tune experiment (ray executor only)
+    report/               table.md, table.csv, tests.csv, savings.csv, accuracy_vs_fraction.png
     pipeline.json         per stage: fingerprint, status, seconds, where its output is
 
-A stage reruns only when its fingerprint changed: the stages of the other modules check
-``storage.is_fresh`` themselves (their manifests are compared before and after the call),
-the proxy, sweep and report stages here do the same with ``storage.stage_fingerprint``.
+A stage reruns only when its fingerprint changed: the stage functions check
+``storage.is_fresh`` themselves (their manifests are compared before and after the call).
 The sweep reuses every stored trial result, so a changed ``select.strategies`` retrains
-only the new cells. Nothing starts Ray unless some stage has work to do.
+only the new cells. With the ray executor nothing starts Ray unless some stage has work.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import datetime as dt
 import logging
 import time
@@ -33,22 +36,35 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sas_ray.analysis.report import (
-    PLOT_FILE,
-    analyze,
-    print_report,
-    read_experiment,
-    report_files,
-    write_report,
-)
+from sas_ray.analysis.records import METRICS, read_sweep
+from sas_ray.analysis.report import PLOT_FILE, analyze, render, report_files
 from sas_ray.config import Config
 from sas_ray.errors import SasRayError
+from sas_ray.executors import get_executor
+from sas_ray.executors.base import Executor
 from sas_ray.io import storage
+from sas_ray.stages import proxy as proxy_mod
+from sas_ray.stages.sweep import (
+    LATENT_FREE,
+    Rankings,
+    SweepResult,
+    check_fractions,
+    check_subset_sizes,
+    latent_methods,
+    num_train_images,
+    raise_if_incomplete,
+    ranking_uri,
+    run_sweep,
+    seeds_of,
+    summary_lines,
+    sweep_fingerprint,
+    sweep_spec,
+)
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "pipeline.json"
-STAGES = ("shards", "proxy", "embeddings", "partition", "rankings", "sweep", "report")
+STAGES = ("shards", "pool", "proxy", "embeddings", "partition", "rankings", "sweep", "report")
 
 
 @dataclass(frozen=True)
@@ -64,15 +80,20 @@ class Layout:
         return storage.join(self.root, name)
 
     shards = property(lambda self: self._at("shards"))
+    pool = property(lambda self: self._at("pool"))
     proxy = property(lambda self: self._at("proxy"))
     proxy_runs = property(lambda self: self._at("proxy-run"))
     embeddings = property(lambda self: self._at("embeddings"))
-    partition = property(lambda self: self._at("partition"))
+    partitions = property(lambda self: self._at("partition"))
     rankings = property(lambda self: self._at("rankings"))
     runs = property(lambda self: self._at("runs"))
     sweep = property(lambda self: self._at("sweep"))
+    tune = property(lambda self: self._at("tune"))
     report = property(lambda self: self._at("report"))
     state = property(lambda self: self._at(STATE_FILE))
+
+    def partition(self, method: str) -> str:
+        return storage.join(self.partitions, method)
 
 
 # ---------------------------------------------------------------------------- state
@@ -115,7 +136,7 @@ def _artifact_stage(state: State, stage: str, uri: str, run: Callable[[], dict[s
     return manifest
 
 
-# ---------------------------------------------------------------------------- stages
+# ---------------------------------------------------------------------------- data stages
 def given_shards(cfg: Config) -> dict[str, Any] | None:
     """The manifest of ``data.source`` when it already is a shards artifact, else None."""
     if cfg.data.source == "synthetic":
@@ -125,155 +146,148 @@ def given_shards(cfg: Config) -> dict[str, Any] | None:
 
 
 def existing_shards(cfg: Config, layout: Layout) -> tuple[str, dict[str, Any]]:
-    """(URI, manifest) of the shards a sweep trains on, without ingesting anything."""
+    """(URI, manifest) of the shards the stages after ingest read (the pool when
+    ``data.pool_size`` is set), without computing anything."""
+    if cfg.data.pool_size:
+        return layout.pool, storage.require_manifest(layout.pool, "shards")
     if (given := given_shards(cfg)) is not None:
         return storage.absolute(cfg.data.source), given
     return layout.shards, storage.require_manifest(layout.shards, "shards")
 
 
-def shards_stage(cfg: Config, layout: Layout, state: State) -> tuple[str, dict[str, Any]]:
-    """Ingest ``data.source`` into ``shards/`` - or use it as is when it is a shards artifact.
-    Returns the shards' URI and manifest."""
+def shards_stage(cfg: Config, layout: Layout, state: State, executor: Executor
+                 ) -> tuple[str, dict[str, Any]]:
+    """Ingest ``data.source`` into ``shards/`` - or use it as is when it is a shards artifact -
+    then draw the pool when ``data.pool_size`` is set. Returns the URI and manifest of the
+    shards that every later stage reads."""
     if (given := given_shards(cfg)) is not None:
-        uri = storage.absolute(cfg.data.source)
+        uri, manifest = storage.absolute(cfg.data.source), given
         state.record("shards", fingerprint=given["fingerprint"], uri=uri, cached=True,
                      seconds=0.0, given=True)
-        return uri, given
-    from sas_ray.stages.ingest import ingest
+    else:
+        from sas_ray.stages.ingest import ingest
 
-    return layout.shards, _artifact_stage(state, "shards", layout.shards,
-                                          lambda: ingest(cfg.data.source, layout.shards, cfg))
+        uri, manifest = layout.shards, _artifact_stage(
+            state, "shards", layout.shards,
+            lambda: ingest(cfg.data.source, layout.shards, cfg, executor=executor))
+    if not cfg.data.pool_size:
+        return uri, manifest
+    from sas_ray.stages.pool import make_pool
+
+    return layout.pool, _artifact_stage(state, "pool", layout.pool,
+                                        lambda: make_pool(cfg, uri, manifest, layout.pool))
 
 
-def proxy_config(cfg: Config) -> Config:
-    """The training config of the proxy: the sweep's, for ``proxy.epochs`` epochs."""
-    proxy = copy.deepcopy(cfg)
-    proxy.train.epochs = cfg.proxy.epochs
-    return proxy
-
-
-def proxy_stage(cfg: Config, layout: Layout, state: State, shards_uri: str,
-                shards: dict[str, Any]) -> str:
-    """The proxy encoder file: ``proxy.checkpoint``, or a SimCLR run of ``proxy.epochs``.
-
-    When that run is exactly the sweep's full-data trial of seed ``run.seed`` (same epochs,
-    ``sweep.include_full``), it is trained in that trial's run directory, and the sweep
-    then only evaluates it instead of training the same network twice.
-    """
+def proxy_stage(cfg: Config, layout: Layout, state: State, executor: Executor, shards_uri: str,
+                shards: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
+    """(encoder file, proxy manifest): ``proxy.checkpoint`` (no manifest), or the proxy run."""
     if cfg.proxy.checkpoint:
         state.record("proxy", fingerprint=None, uri=cfg.proxy.checkpoint, cached=True,
                      seconds=0.0, given=True)
-        return cfg.proxy.checkpoint
-    from sas_ray.core.models.checkpoint import ENCODER_FILE
-    from sas_ray.executors.ray.train import fit
-    from sas_ray.stages.sweep import completed_fit, full_cell, run_name, train_settings
-
-    pcfg = proxy_config(cfg)
-    config = train_settings(pcfg)
-    inputs = {"shards": shards["fingerprint"]}
-    fp = storage.stage_fingerprint("proxy", config, inputs, cfg.run.seed)
-    if storage.is_fresh(layout.proxy, fp):
-        state.record("proxy", fingerprint=fp, uri=layout.proxy, cached=True, seconds=0.0)
-        return _encoder_file(layout.proxy)
-    start = time.perf_counter()
-    shared = (cfg.sweep.include_full and cfg.proxy.epochs == cfg.train.epochs
-              and cfg.run.seed in cfg.sweep.seeds)
-    run_dir = (storage.join(layout.runs, run_name(full_cell(cfg, shards["fingerprint"]),
-                                                  cfg.run.seed)) if shared
-               else storage.join(layout.proxy_runs, fp[:8]))  # a rerun after a crash resumes
-    summary = completed_fit(run_dir) or fit(pcfg, shards_uri, run_dir, name="train")
-    with storage.write_artifact(layout.proxy, "proxy", config=config, inputs=inputs,
-                                seed=cfg.run.seed) as w:
-        storage.write_bytes_atomic(storage.join(w.dir, ENCODER_FILE),
-                                   storage.read_bytes(summary["checkpoint"]))
-        w.meta.update(epochs=pcfg.train.epochs, loss=summary["metrics"].get("loss"),
-                      train_seconds=summary["seconds"], run=run_dir)
-    if not shared:
-        storage.delete(run_dir)
-    state.record("proxy", fingerprint=fp, uri=layout.proxy, cached=False,
-                 seconds=time.perf_counter() - start)
-    return _encoder_file(layout.proxy)
+        return cfg.proxy.checkpoint, None
+    manifest = _artifact_stage(state, "proxy", layout.proxy, lambda: proxy_mod.train_proxy(
+        cfg, executor, shards_uri, shards, layout.proxy, layout.proxy_runs))
+    return proxy_mod.encoder_file(layout.proxy), manifest
 
 
-def _encoder_file(uri: str) -> str:
-    from sas_ray.core.models.checkpoint import ENCODER_FILE
-
-    (path,) = [f for f in storage.artifact_files(uri) if f.endswith("/" + ENCODER_FILE)]
-    return path
-
-
-def ranking_stage(cfg: Config, layout: Layout, state: State
-                  ) -> dict[tuple[str, float], tuple[str, str]]:
-    """One ranking per strategy (per fraction for non-nested ones); -> the sweep's map."""
-    from sas_ray.core.selection.registry import is_nested
-    from sas_ray.stages.rank import rank
-    from sas_ray.stages.sweep import check_fractions, ranking_uri
-
-    out: dict[tuple[str, float], tuple[str, str]] = {}
-    fractions = check_fractions(cfg.sweep.fractions)
-    if not cfg.select.strategies:
-        return out
-    for strategy in dict.fromkeys(cfg.select.strategies):
-        nested = is_nested(strategy, cfg.select)
-        for fraction in [None] if nested else fractions:
-            uri = ranking_uri(layout.rankings, strategy, fraction)
-            manifest = _artifact_stage(
-                state, f"rankings/{strategy}" + ("" if fraction is None else f"@{fraction:g}"),
-                uri, lambda s=strategy, f=fraction, u=uri: rank(
-                    cfg, layout.embeddings, layout.partition, s, u, fraction=f))
-            for f in fractions if nested else [fraction]:
-                out[(strategy, f)] = (uri, manifest["fingerprint"])
+# ---------------------------------------------------------------------------- selection
+def method_config(cfg: Config, method: str) -> Config:
+    """``cfg`` with ``latent.method`` = ``method``."""
+    out = copy.deepcopy(cfg)
+    out.latent.method = method
     return out
 
 
-def sweep_stage(cfg: Config, layout: Layout, state: State, shards_uri: str,
-                shards: dict[str, Any], rankings: dict[tuple[str, float], tuple[str, str]]
-                ) -> tuple[str, Any]:
-    """Run the Tune sweep unless the same grid already finished; -> (fingerprint, the
-    ``SweepResult``, None when cached)."""
-    from sas_ray.stages.sweep import run_sweep, summary_lines, sweep_spec
+def ranking_plan(cfg: Config) -> list[tuple[str, str | None, str, float | None, list[float]]]:
+    """The rankings the sweep needs: (strategy, latent method or None for latent-free ones,
+    the method whose partition it ranks within, the fraction it is ranked for or None when
+    nested, the swept fractions it serves)."""
+    from sas_ray.core.selection.registry import is_nested
 
+    fractions = check_fractions(cfg.sweep.fractions)
+    methods = latent_methods(cfg)
+    plan = []
+    for method in methods:
+        for strategy in dict.fromkeys(cfg.select.strategies):
+            latent = None if strategy in LATENT_FREE else method
+            if latent is None and method != methods[0]:
+                continue
+            if is_nested(strategy, cfg.select):
+                plan.append((strategy, latent, method, None, fractions))
+            else:
+                plan += [(strategy, latent, method, f, [f]) for f in fractions]
+    return plan
+
+
+def ranking_stage(cfg: Config, layout: Layout, state: State, executor: Executor) -> Rankings:
+    """Latent classes per method, then one ranking per planned (strategy, method[, fraction]);
+    -> the sweep's ranking map."""
+    from sas_ray.stages.latent import partition
+    from sas_ray.stages.rank import rank
+
+    out: dict[tuple[str, str | None, float], tuple[str, str]] = {}
+    plan = ranking_plan(cfg)
+    for method in dict.fromkeys(p[2] for p in plan):
+        _artifact_stage(state, f"partition/{method}", layout.partition(method),
+                        lambda m=method: partition(method_config(cfg, m), layout.embeddings,
+                                                   layout.partition(m)))
+    for strategy, latent, method, fraction, serves in plan:
+        uri = ranking_uri(layout.rankings, latent, strategy, fraction)
+        stage = "rankings/" + uri[len(layout.rankings) + 1:]
+        manifest = _artifact_stage(state, stage, uri, lambda s=strategy, m=method, f=fraction,
+                                   u=uri: rank(method_config(cfg, m), layout.embeddings,
+                                               layout.partition(m), s, u, fraction=f,
+                                               executor=executor))
+        out.update({(strategy, latent, f): (uri, manifest["fingerprint"]) for f in serves})
+    return out
+
+
+def existing_rankings(cfg: Config, layout: Layout) -> Rankings:
+    """The sweep's ranking map from the rankings a pipeline run left in ``layout``."""
+    out = {}
+    for strategy, latent, _, fraction, serves in ranking_plan(cfg):
+        uri = ranking_uri(layout.rankings, latent, strategy, fraction)
+        fp = storage.require_manifest(uri, "ranking")["fingerprint"]
+        out.update({(strategy, latent, f): (uri, fp) for f in serves})
+    return out
+
+
+# ---------------------------------------------------------------------------- sweep, report
+def sweep_stage(cfg: Config, layout: Layout, state: State, executor: Executor, shards_uri: str,
+                shards: dict[str, Any], rankings: Rankings, proxy: dict[str, Any] | None
+                ) -> tuple[str, SweepResult | None]:
+    """Run the sweep unless the same grid already finished; -> (fingerprint, the result, None
+    when cached)."""
     spec = sweep_spec(cfg, shards_uri, shards, rankings, layout.runs)
-    previous = state.stages.get("sweep", {})
-    if previous.get("fingerprint") == spec.fingerprint and previous.get("complete") \
-            and storage.exists(layout.sweep):
-        state.record("sweep", fingerprint=spec.fingerprint, uri=layout.sweep, cached=True,
-                     seconds=0.0, complete=True, trials=previous.get("trials"))
-        return spec.fingerprint, None
-    result = run_sweep(cfg, spec, layout.sweep)
-    trained = sum(1 for r in result.finished
-                  if not r.metrics.get("cached") and not r.metrics.get("reused_training"))
-    state.record("sweep", fingerprint=spec.fingerprint, uri=layout.sweep, cached=False,
-                 seconds=result.seconds, complete=result.complete,
-                 trials=len(result.records), trained=trained, failed=len(result.failed))
+    fp = sweep_fingerprint(spec)
+    manifest = storage.read_manifest(layout.sweep)
+    if storage.is_fresh(layout.sweep, fp) and manifest["meta"]["complete"]:
+        state.record("sweep", fingerprint=fp, uri=layout.sweep, cached=True, seconds=0.0,
+                     complete=True, trials=sum(manifest["meta"]["counts"].values()))
+        return fp, None
+    result = run_sweep(cfg, spec, executor, layout.sweep, layout.tune,
+                       aliases=proxy_mod.aliases(proxy))
+    state.record("sweep", fingerprint=fp, uri=layout.sweep, cached=False,
+                 seconds=result.seconds, complete=result.complete, trials=len(result.trials),
+                 trained=result.trained, failed=len(result.having("failed")))
     for line in summary_lines(result):
         log.info("%s", line)
-    return spec.fingerprint, result
+    return fp, result
 
 
-def report_stage(cfg: Config, layout: Layout, state: State, sweep_fp: str) -> None:
-    """Analyse the sweep into ``report/`` and print it; the files are rewritten only when the
-    sweep's results or the analyze settings changed."""
-    start = time.perf_counter()
-    report = analyze(layout.sweep, cfg.analyze)
-    results = storage.fingerprint(report.cells.to_dict("records") +
-                                  [r.error for r in report.failed] + report.missing)
-    config, inputs = dataclasses.asdict(cfg.analyze), {"sweep": sweep_fp, "results": results}
-    fp = storage.stage_fingerprint("report", config, inputs, None)
-    cached = storage.is_fresh(layout.report, fp)
-    if not cached:
-        write_report(report, layout.report, title=cfg.run.name, config=config, inputs=inputs)
-    state.record("report", fingerprint=fp, uri=layout.report, cached=cached,
-                 seconds=time.perf_counter() - start)
-    print_report(report, report_files(layout.report))
+def report_stage(cfg: Config, layout: Layout, state: State, sweep_fp: str,
+                 rankings: Rankings) -> None:
+    """Analyse the sweep into ``report/`` and print it."""
+    from sas_ray.stages.report import report
+
+    _artifact_stage(state, "report", layout.report,
+                    lambda: report(cfg, layout.sweep, sweep_fp, rankings, layout.report))
 
 
 # ---------------------------------------------------------------------------- driver
 def check_config(cfg: Config) -> None:
     """Fail on bad sweep/selection/report settings before any stage runs."""
-    from sas_ray.analysis.report import METRICS
     from sas_ray.core.selection.registry import get_selector
-    from sas_ray.stages.sweep import check_fractions, seeds_of
 
     check_fractions(cfg.sweep.fractions)
     seeds_of(cfg)
@@ -290,25 +304,27 @@ def check_config(cfg: Config) -> None:
 def run_pipeline(cfg: Config) -> Layout:
     """Run every stage (reusing up-to-date outputs); print the report; return the layout."""
     from sas_ray.stages.embed import embed
-    from sas_ray.stages.latent import partition
-    from sas_ray.stages.sweep import check_subset_sizes, num_train_images, raise_if_incomplete
 
     check_config(cfg)
     layout = Layout(cfg.run.storage)
     storage.check_writable(layout.root)
     state = State(layout)
     start = time.perf_counter()
-    shards_uri, shards = shards_stage(cfg, layout, state)
-    check_subset_sizes(cfg, num_train_images(shards))
-    proxy = proxy_stage(cfg, layout, state, shards_uri, shards)
-    _artifact_stage(state, "embeddings", layout.embeddings,
-                    lambda: embed(cfg, shards_uri, proxy, layout.embeddings))
-    _artifact_stage(state, "partition", layout.partition,
-                    lambda: partition(cfg, layout.embeddings, layout.partition))
-    rankings = ranking_stage(cfg, layout, state)
-    sweep_fp, result = sweep_stage(cfg, layout, state, shards_uri, shards, rankings)
-    report_stage(cfg, layout, state, sweep_fp)
-    log.info("pipeline finished in %.0f s", time.perf_counter() - start)
+    executor = get_executor(cfg)
+    try:
+        shards_uri, shards = shards_stage(cfg, layout, state, executor)
+        check_subset_sizes(cfg, num_train_images(shards))
+        encoder, proxy = proxy_stage(cfg, layout, state, executor, shards_uri, shards)
+        _artifact_stage(state, "embeddings", layout.embeddings,
+                        lambda: embed(cfg, shards_uri, encoder, layout.embeddings, executor))
+        rankings = ranking_stage(cfg, layout, state, executor)
+        sweep_fp, result = sweep_stage(cfg, layout, state, executor, shards_uri, shards,
+                                       rankings, proxy)
+        report_stage(cfg, layout, state, sweep_fp, rankings)
+    finally:
+        executor.close()
+    log.info("pipeline finished in %.0f s on the %s executor", time.perf_counter() - start,
+             executor.name)
     if result is not None:
         raise_if_incomplete(result)  # after the report of what did finish
     return layout
@@ -317,6 +333,25 @@ def run_pipeline(cfg: Config) -> Layout:
 def cli_pipeline(cfg: Config, args: argparse.Namespace) -> None:
     """``sas-ray pipeline [--config FILE] [--section.key VALUE ...]``."""
     run_pipeline(cfg)
+
+
+def cli_sweep(cfg: Config, args: argparse.Namespace) -> None:
+    """``sas-ray sweep [--experiment DIR]``: the sweep over the rankings a pipeline run left in
+    ``run.storage``, committed at DIR (default ``<run.storage>/sweep``); prints the table
+    (``sas-ray analyze`` writes the report files)."""
+    layout = Layout(cfg.run.storage)
+    shards_uri, shards = existing_shards(cfg, layout)
+    spec = sweep_spec(cfg, shards_uri, shards, existing_rankings(cfg, layout), layout.runs)
+    proxy = storage.read_manifest(layout.proxy) if not cfg.proxy.checkpoint else None
+    executor = get_executor(cfg)
+    try:
+        result = run_sweep(cfg, spec, executor, args.experiment or layout.sweep, layout.tune,
+                           aliases=proxy_mod.aliases(proxy))
+    finally:
+        executor.close()
+    print("\n".join(summary_lines(result)))
+    print(render(analyze(result.uri, cfg.analyze)), end="")
+    raise_if_incomplete(result)
 
 
 # ---------------------------------------------------------------------------- status
@@ -328,9 +363,10 @@ def status_lines(root: str) -> list[str]:
                           "run.storage of a pipeline run, e.g. `sas-ray status outputs`")
     state = State(layout)
     lines = [f"pipeline at {root}:"]
-    order = [s for s in STAGES if s != "rankings"]
-    order[order.index("sweep"):order.index("sweep")] = sorted(
-        s for s in state.stages if s.startswith("rankings/"))
+    order = []
+    for stage in STAGES:  # per-method and per-strategy stages in place of their family
+        subs = sorted(k for k in state.stages if k.startswith(stage + "/"))
+        order += subs or ([] if stage == "pool" and stage not in state.stages else [stage])
     for stage in order:
         entry = state.stages.get(stage)
         if entry is None:
@@ -341,17 +377,15 @@ def status_lines(root: str) -> list[str]:
         present = "" if storage.exists(entry["uri"]) else "  (output missing!)"
         done = "partial" if entry.get("complete") is False else "done"
         lines.append(f"  {stage:<22} {done:<7}  fp {fp:<8}  {took:>8}  {entry['uri']}{present}")
-    if storage.exists(layout.sweep):
-        records, spec = read_experiment(layout.sweep)
-        counts = Counter("finished" if r.finished else r.status.lower() for r in records)
-        expected = len(spec["cells"]) * len(spec["seeds"]) if spec else len(records)
-        counts["not started"] = max(0, expected - len(records))
-        summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()) if n)
-        lines.append(f"sweep trials ({expected}): {summary or 'none'}")
+    if storage.read_manifest(layout.sweep) is not None:
+        records = read_sweep(layout.sweep)
+        counts = Counter(r.status for r in records)
+        summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+        lines.append(f"sweep trials ({len(records)}): {summary or 'none'}")
         lines += [f"  FAILED {r.strategy} f={r.fraction:.2f} seed={r.seed}: {r.error}"
-                  for r in records if r.status == "ERROR"]
-        lines += [f"  {r.status.lower()} {r.strategy} f={r.fraction:.2f} seed={r.seed}"
-                  for r in records if not r.finished and r.status != "ERROR"]
+                  for r in records if r.status == "failed"]
+        lines += [f"  {r.status} {r.strategy} f={r.fraction:.2f} seed={r.seed}"
+                  for r in records if not r.finished and r.status != "failed"]
     if storage.read_manifest(layout.report) is not None:
         files = report_files(layout.report)
         lines.append(f"report: {files['table.md']}, {files[PLOT_FILE]}")

@@ -1,19 +1,23 @@
 """Sweep results -> the answer to "how much data can I drop, and which selection should I use?".
 
-Input is one :class:`TrialRecord` per Tune trial, read either from an experiment directory
-(plain JSON files, no Ray needed; local or ``s3://``) or from a ``ray.tune.ResultGrid``.
-Output is a :class:`Report`:
+Input is one :class:`~sas_ray.analysis.records.TrialRecord` per trial, read from a ``sweep``
+artifact and the trials' stored results (:func:`~sas_ray.analysis.records.read_sweep`), so
+the Ray and the local executor give the same report. Output is a :class:`Report`:
 
 * ``cells``: one row per (strategy, fraction) with, over seeds, mean and sample std of the
   linear-probe and kNN test accuracy (percent), the gap to ``random`` at the same
   fraction and the gap to full-data training (``strategy="full"``, fraction 1.0);
+* ``tests``: per strategy, fraction and metric, the strategy - random gap with Welch's
+  t-test and the paired (same seed) t-test over seeds (:mod:`sas_ray.analysis.stats`);
 * ``savings``: per strategy, the smallest fraction f whose mean accuracy (``analyze.metric``)
   is at least ``full - tolerance`` points, i.e. the share 1 - f of the data that can be dropped,
   and the training time that saves relative to full data;
-* failed trials (with their error line) and expected trials that have no result yet, so a
+* ``agreement``: optionally (:func:`forgetting_agreement`), Spearman's rho between a
+  ranking's within-class order and the forgetting counts of a forgetting ranking;
+* failed trials (with their error line) and trials that have no result yet, so a
   partially finished sweep is reported for what it is.
 
-``write_report`` writes ``table.md``, ``table.csv``, ``savings.csv`` and
+``write_report`` writes ``table.md``, ``table.csv``, ``tests.csv``, ``savings.csv`` and
 ``accuracy_vs_fraction.png`` (matplotlib Agg) into a directory (local or ``s3://``), under
 stable names, and commits them with a manifest.
 """
@@ -22,54 +26,35 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from sas_ray.analysis.records import (
+    BASELINE,
+    FULL,
+    METRICS,
+    TIME_METRIC,
+    TrialRecord,
+    read_sweep,
+)
+from sas_ray.analysis.stats import paired, spearman, welch
 from sas_ray.config import AnalyzeConfig, Config
 from sas_ray.errors import SasRayError
 from sas_ray.io import storage
 
 log = logging.getLogger(__name__)
 
-# metrics a sweep trial reports (test accuracies in percent) and their display names
-METRICS = {"linear_acc": "linear probe", "knn_acc": "kNN"}
-TIME_METRIC = "train_time_s"
-FULL = "full"  # the strategy name of the full-data baseline
-BASELINE = "random"  # gaps are measured against this strategy at equal fraction
-SPEC_FILE = "sas_ray_sweep.json"  # written by the sweep driver: the grid the sweep expects
 PLOT_FILE = "accuracy_vs_fraction.png"
-DONE = "TERMINATED"
-
-
-@dataclass
-class TrialRecord:
-    """One trial of a sweep: its grid point, Tune status and last reported metrics."""
-
-    strategy: str
-    fraction: float
-    seed: int
-    status: str  # Tune's: TERMINATED | ERROR | RUNNING | PENDING | PAUSED
-    metrics: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None  # last line of the error, for failed trials
-    trial_id: str = ""
-    path: str | None = None
-
-    @property
-    def key(self) -> tuple[str, float, int]:
-        return (self.strategy, round(self.fraction, 6), self.seed)
-
-    @property
-    def finished(self) -> bool:
-        return self.status == DONE and all(m in self.metrics for m in METRICS)
+TEST_COLUMNS = ["strategy", "fraction", "metric", "gap", "welch_t", "welch_df", "welch_p",
+                "paired_t", "paired_p", "pairs", "seeds", "random_seeds"]
 
 
 @dataclass
@@ -78,11 +63,13 @@ class Report:
 
     cells: pd.DataFrame
     savings: pd.DataFrame
+    tests: pd.DataFrame
     failed: list[TrialRecord]
-    missing: list[str]  # "strategy f=0.30 seed=0 (RUNNING)" for every expected trial without result
+    missing: list[str]  # "sas f=0.30 seed=0 (not started)" for every trial without a result
     tolerance: float
     metric: str
     finished: int
+    agreement: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def full(self) -> pd.Series | None:
@@ -90,148 +77,72 @@ class Report:
         return None if rows.empty else rows.iloc[0]
 
 
-# ---------------------------------------------------------------------------- reading
-def trial_params(config: dict[str, Any]) -> tuple[str, float, int]:
-    """(strategy, fraction, seed) from a trial's Tune config ``{"subset": {...}, "seed": s}``."""
-    subset = config.get("subset") or {}
-    try:
-        return str(subset["strategy"]), float(subset["fraction"]), int(config["seed"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise SasRayError(f"trial config {config!r} is not from a sas-ray sweep (no subset "
-                          "strategy/fraction/seed); pass the directory `sas-ray sweep` wrote") \
-            from err
-
-
-def _result_config(result: Any) -> dict[str, Any]:
-    """A Result's trial config; Tune leaves it empty for a trial that failed before its first
-    report, so then it is read from the trial's ``params.json``."""
-    if result.config:
-        return result.config
-    fs = getattr(result, "filesystem", None)
-    if fs is None or not result.path:
-        return {}
-    with fs.open_input_stream(f"{result.path}/params.json") as f:
-        return json.loads(f.read())
-
-
-def records_from_result_grid(grid: Iterable[Any]) -> list[TrialRecord]:
-    """Records from a ``ray.tune.ResultGrid`` (or any iterable of ``ray.tune.Result``)."""
-    out = []
-    for result in grid:
-        strategy, fraction, seed = trial_params(_result_config(result))
-        error = last_line(str(result.error)) if result.error is not None else None
-        metrics = dict(result.metrics or {})
-        status = "ERROR" if error else (DONE if all(m in metrics for m in METRICS) else "RUNNING")
-        out.append(TrialRecord(strategy, fraction, seed, status, metrics, error,
-                               trial_id=str(metrics.get("trial_id", "")), path=result.path))
-    return out
-
-
-def read_experiment(uri: str) -> tuple[list[TrialRecord], dict[str, Any] | None]:
-    """Records and the expected grid (``SPEC_FILE``, if the sweep wrote one) of an experiment dir.
-
-    Trial status comes from Tune's newest ``experiment_state-*.json``; trials that are not in
-    it yet (a crash before Tune saved its state) are read from their ``params.json``,
-    ``result.json`` and ``error.txt``. Nothing here needs Ray.
-    """
-    if not storage.exists(uri):
-        raise SasRayError(f"experiment directory {uri} does not exist; pass the sweep's "
-                          "directory (default: <run.storage>/sweep)")
-    root = _strip(uri)
-    files = storage.list_files(root)
-    spec_uri = storage.join(root, SPEC_FILE)
-    spec = storage.read_json(spec_uri) if spec_uri in files else None
-    records: dict[str, TrialRecord] = {}
-    for rec in [*_records_from_state(root, files), *_records_from_trial_dirs(root, files)]:
-        records.setdefault(str(rec.path), rec)  # Tune's saved state wins over the trial files
-    if not records and spec is None:
-        raise SasRayError(f"{uri} holds no Tune trials; pass the directory a sweep wrote "
-                          "(it contains experiment_state-*.json and one folder per trial)")
-    return list(records.values()), spec
-
-
-def _records_from_state(root: str, files: list[str]) -> list[TrialRecord]:
-    states = sorted(f for f in files if os.path.basename(f).startswith("experiment_state-")
-                    and f.endswith(".json") and os.path.dirname(f) == root)
-    if not states:
-        return []
-    state = storage.read_json(states[-1])
-    out = []
-    for trial_json, runtime_json in state.get("trial_data", []):
-        trial, runtime = json.loads(trial_json), json.loads(runtime_json)
-        strategy, fraction, seed = trial_params(trial.get("config") or {})
-        path = storage.join(root, trial["relative_logdir"])
-        error = None
-        if trial.get("status") == "ERROR":
-            name = runtime.get("error_filename") or "error.txt"
-            err_uri = storage.join(path, name)
-            error = (last_line(storage.read_bytes(err_uri).decode(errors="replace"))
-                     if storage.exists(err_uri) else "failed (no error file)")
-        out.append(TrialRecord(strategy, fraction, seed, str(trial.get("status")),
-                               dict(runtime.get("last_result") or {}), error,
-                               trial_id=str(trial.get("trial_id", "")), path=path))
-    return out
-
-
-def _records_from_trial_dirs(root: str, files: list[str]) -> list[TrialRecord]:
-    out = []
-    for params in (f for f in files if os.path.basename(f) == "params.json"
-                   and os.path.dirname(os.path.dirname(f)) == root):
-        path = os.path.dirname(params)
-        strategy, fraction, seed = trial_params(storage.read_json(params))
-        lines = storage.read_bytes(storage.join(path, "result.json")).decode().splitlines() \
-            if f"{path}/result.json" in files else []
-        metrics = json.loads(lines[-1]) if lines else {}
-        error = None
-        if f"{path}/error.txt" in files:
-            error = last_line(storage.read_bytes(f"{path}/error.txt").decode(errors="replace"))
-        status = "ERROR" if error else (DONE if all(m in metrics for m in METRICS) else "RUNNING")
-        out.append(TrialRecord(strategy, fraction, seed, status, metrics, error,
-                               trial_id=str(metrics.get("trial_id", "")), path=path))
-    return out
-
-
-def _strip(uri: str) -> str:
-    """``uri`` as ``list_files`` spells its entries (absolute local path or ``s3://...``)."""
-    return storage.absolute(uri).rstrip("/")
-
-
-def last_line(text: str) -> str:
-    """The last non-empty line of an error text (at most 300 characters)."""
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else "unknown error"
-
-
 # ---------------------------------------------------------------------------- aggregating
-def expected_keys(spec: dict[str, Any]) -> list[tuple[str, float, int]]:
-    """Every (strategy, fraction, seed) a sweep spec asks for."""
-    return [(c["strategy"], round(float(c["fraction"]), 6), int(s))
-            for c in spec["cells"] for s in spec["seeds"]]
-
-
-def summarize(records: Sequence[TrialRecord], *, spec: dict[str, Any] | None = None,
-              tolerance: float = 0.5, metric: str = "linear_acc") -> Report:
-    """Aggregate finished trials over seeds; list failed and missing ones.
-
-    With ``spec`` (the grid the sweep was started with) trials that never reported are
-    listed as missing and cells are ordered like the sweep's strategies.
-    """
+def summarize(records: Sequence[TrialRecord], *, tolerance: float = 0.5,
+              metric: str = "linear_acc") -> Report:
+    """Aggregate finished trials over seeds; test every strategy against random; list failed
+    and unfinished trials. Strategies keep the order in which ``records`` first name them."""
     if metric not in METRICS:
         raise SasRayError(f"analyze.metric '{metric}' is unknown; use one of {', '.join(METRICS)}")
     done = [r for r in records if r.finished]
-    failed = [r for r in records if r.status == "ERROR"]
-    done_keys = {r.key for r in done}
-    status = {r.key: r.status for r in records}
-    missing = [] if spec is None else [
-        f"{s} f={f:.2f} seed={seed} ({status.get((s, f, seed), 'NOT STARTED')})"
-        for s, f, seed in expected_keys(spec) if (s, f, seed) not in done_keys]
-    if spec is None:  # no grid known: anything unfinished that did not fail is missing
-        missing = [f"{r.strategy} f={r.fraction:.2f} seed={r.seed} ({r.status})"
-                   for r in records if not r.finished and r.status != "ERROR"]
-    order = [c["strategy"] for c in spec["cells"]] if spec else []
+    failed = [r for r in records if r.status == "failed"]
+    missing = [f"{r.strategy} f={r.fraction:.2f} seed={r.seed} ({r.status})"
+               for r in records if not r.finished and r.status != "failed"]
+    order = list(dict.fromkeys(r.strategy for r in records))
     cells = _aggregate(done, order)
-    return Report(cells=cells, savings=_savings(cells, metric, tolerance), failed=failed,
-                  missing=missing, tolerance=tolerance, metric=metric, finished=len(done))
+    return Report(cells=cells, savings=_savings(cells, metric, tolerance), tests=_tests(done),
+                  failed=failed, missing=missing, tolerance=tolerance, metric=metric,
+                  finished=len(done))
+
+
+def _tests(done: Sequence[TrialRecord]) -> pd.DataFrame:
+    """Strategy - random per fraction and metric: Welch's and the paired t-test over seeds."""
+    values: dict[tuple[str, float], dict[int, TrialRecord]] = {}
+    for r in done:
+        values.setdefault((r.strategy, round(r.fraction, 6)), {})[r.seed] = r
+    rows = []
+    for (strategy, fraction), by_seed in values.items():
+        base = values.get((BASELINE, fraction))
+        if strategy in (BASELINE, FULL) or base is None:
+            continue
+        common = sorted(set(by_seed) & set(base))
+        for m in METRICS:
+            w = welch([r.metrics[m] for r in by_seed.values()],
+                      [r.metrics[m] for r in base.values()])
+            p = paired([by_seed[s].metrics[m] for s in common],
+                       [base[s].metrics[m] for s in common])
+            rows.append({"strategy": strategy, "fraction": fraction, "metric": m,
+                         "gap": w["gap"], "welch_t": w["t"], "welch_df": w["df"],
+                         "welch_p": w["p"], "paired_t": p["t"], "paired_p": p["p"],
+                         "pairs": p["n"], "seeds": len(by_seed), "random_seeds": len(base)})
+    return pd.DataFrame(rows, columns=TEST_COLUMNS)
+
+
+def within_class_position(ids: np.ndarray, latent: np.ndarray) -> np.ndarray:
+    """Per row of a ranking (``ids`` and ``latent`` in rank order): its position in its latent
+    class's order, scaled to [0, 1] (0 = ranked first in its class)."""
+    position = np.empty(ids.size, dtype=np.float64)
+    for c in np.unique(latent):
+        rows = np.flatnonzero(latent == c)
+        position[rows] = np.arange(rows.size) / max(1, rows.size - 1)
+    return position
+
+
+def forgetting_agreement(name: str, ids: np.ndarray, latent: np.ndarray,
+                         forgetting_ids: np.ndarray, events: np.ndarray) -> dict[str, Any]:
+    """Spearman's rho between a ranking's within-class position (``ids``, ``latent`` in rank
+    order) and forgetting events per id (``forgetting_ids``, ``events``), over all rows and
+    averaged within latent classes. Positive: the examples the ranking puts late are forgotten
+    more often, i.e. it prefers unforgettable examples."""
+    position = within_class_position(ids, latent)
+    by_id = dict(zip(forgetting_ids.tolist(), events.tolist(), strict=True))
+    counts = np.array([by_id[i] for i in ids.tolist()], dtype=np.float64)
+    overall = spearman(position, counts)
+    within = [spearman(position[latent == c], counts[latent == c])["rho"]
+              for c in np.unique(latent)]
+    return {"ranking": name, "rho": overall["rho"], "p": overall["p"], "n": overall["n"],
+            "rho_within_mean": float(np.nanmean(within)) if not np.isnan(within).all()
+            else math.nan}
 
 
 def _aggregate(done: Sequence[TrialRecord], order: Sequence[str]) -> pd.DataFrame:
@@ -360,6 +271,27 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], markdown
     return "\n".join([line(headers), sep, *(line(r) for r in rows)])
 
 
+def _p(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:.3f}"
+
+
+def test_rows(report: Report) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of the strategy - random tests."""
+    headers = ["strategy", "fraction", "metric", "gap", "Welch p", "paired p", "seeds"]
+    rows = [[t["strategy"], f"{t['fraction']:.2f}", METRICS[t["metric"]], _gap(t["gap"]),
+             _p(t["welch_p"]), _p(t["paired_p"]), f"{t['seeds']} / {t['random_seeds']}"]
+            for t in report.tests.to_dict("records")]
+    return headers, rows
+
+
+def agreement_rows(report: Report) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of the Spearman agreement with the forgetting counts."""
+    headers = ["ranking", "rho", "p", "rows", "mean rho within classes"]
+    rows = [[a["ranking"], f"{a['rho']:+.3f}", _p(a["p"]), str(a["n"]),
+             f"{a['rho_within_mean']:+.3f}"] for a in report.agreement]
+    return headers, rows
+
+
 def problem_lines(report: Report) -> list[str]:
     lines = [f"FAILED {r.strategy} f={r.fraction:.2f} seed={r.seed}: {r.error}"
              for r in report.failed]
@@ -382,6 +314,18 @@ def render(report: Report, markdown: bool = False) -> str:
         out += ["", f"Smallest fraction within {report.tolerance:g} points of full data "
                 f"({name}):", ""]
     out += [("- " if markdown else "  ") + line for line in savings_lines(report)]
+    if not report.tests.empty:
+        out += ["", "## Strategy vs random" if markdown else "strategy - random:"]
+        out += ["", "Gap in points at equal fraction; two-sided p of Welch's t-test and of the "
+                "paired t-test (same seeds) over seeds.", ""] if markdown else []
+        out.append(format_table(*test_rows(report), markdown))
+    if report.agreement:
+        out += ["", "## Agreement with forgetting" if markdown else
+                "Spearman rho with forgetting events (positive: prefers unforgettable):"]
+        out += ["", "Spearman's rho between a ranking's within-class position and the "
+                "forgetting events of each example (positive: the ranking prefers "
+                "unforgettable examples).", ""] if markdown else []
+        out.append(format_table(*agreement_rows(report), markdown))
     problems = problem_lines(report)
     if problems:
         out += ["", "## Failed or missing trials" if markdown else "failed or missing trials:"]
@@ -425,19 +369,13 @@ def plot(report: Report, path: str, title: str = "") -> None:
 
 
 # ---------------------------------------------------------------------------- entry points
-def analyze(source: str | Iterable[Any], cfg: AnalyzeConfig | None = None,
-            spec: dict[str, Any] | None = None) -> Report:
-    """Report of an experiment directory (local or s3://) or of a ``ResultGrid``."""
+def analyze(sweep: str, cfg: AnalyzeConfig | None = None) -> Report:
+    """Report of the ``sweep`` artifact at ``sweep`` (local or s3://)."""
     cfg = cfg or AnalyzeConfig()
-    if isinstance(source, str):
-        records, found = read_experiment(source)
-        spec = spec or found
-    else:
-        records = records_from_result_grid(source)
-    return summarize(records, spec=spec, tolerance=cfg.tolerance, metric=cfg.metric)
+    return summarize(read_sweep(sweep), tolerance=cfg.tolerance, metric=cfg.metric)
 
 
-REPORT_FILES = ("table.md", "table.csv", "savings.csv", PLOT_FILE)
+REPORT_FILES = ("table.md", "table.csv", "tests.csv", "savings.csv", PLOT_FILE)
 
 
 def report_files(out: str) -> dict[str, str]:
@@ -447,7 +385,8 @@ def report_files(out: str) -> dict[str, str]:
 
 def write_report(report: Report, out: str, title: str = "", *, config: Any = None,
                  inputs: dict[str, str] | None = None) -> dict[str, str]:
-    """Write ``out/{table.md, table.csv, savings.csv, accuracy_vs_fraction.png}`` (local or
+    """Write ``out/{table.md, table.csv, tests.csv, savings.csv, accuracy_vs_fraction.png}``
+    (local or
     s3://) under stable names, and commit them with a ``report`` manifest; returns
     :func:`report_files`.
 
@@ -461,6 +400,7 @@ def write_report(report: Report, out: str, title: str = "", *, config: Any = Non
         local = {name: os.path.join(tmp, name) for name in files}
         report.cells.to_csv(local["table.csv"], index=False, float_format="%.4f")
         report.savings.to_csv(local["savings.csv"], index=False, float_format="%.4f")
+        report.tests.to_csv(local["tests.csv"], index=False, float_format="%.6g")
         with open(local["table.md"], "w") as f:
             f.write(render(report, markdown=True))
         plot(report, local[PLOT_FILE], title)
@@ -481,9 +421,9 @@ def print_report(report: Report, files: dict[str, str]) -> None:
 
 
 def cli_analyze(cfg: Config, args: argparse.Namespace) -> None:
-    """``sas-ray analyze EXPERIMENT [--out DIR]``: print the table, write table/CSV/plot."""
-    experiment = args.experiment.rstrip("/")
-    out = args.out or storage.join(os.path.dirname(experiment) or ".", "report")
-    report = analyze(experiment, cfg.analyze)
+    """``sas-ray analyze SWEEP [--out DIR]``: print the table, write table/CSV/plot."""
+    sweep = args.experiment.rstrip("/")
+    out = args.out or storage.join(os.path.dirname(sweep) or ".", "report")
+    report = analyze(sweep, cfg.analyze)
     print_report(report, write_report(report, out, title=cfg.run.name,
                                       config=dataclasses.asdict(cfg.analyze)))

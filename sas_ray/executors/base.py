@@ -15,7 +15,8 @@ same fingerprints, and a stage computed by one is reused by the other.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -26,6 +27,19 @@ from sas_ray.core.selection.ranking import ClassMap
 
 # One block of planned ingest rows -> one row of per-shard stats (see stages.ingest).
 BlockFn = Callable[[pa.Table], pa.Table]
+# One sweep trial: its JSON parameters -> its flat metrics (see stages.sweep.run_trial); it
+# must be picklable (the Ray executor ships it to Tune trials).
+TrialFn = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+@dataclass
+class TrialOutcome:
+    """What became of one trial: ``metrics`` when it returned, ``error`` (the last line) when
+    it failed after its retries, neither when it never ran to the end (interrupted)."""
+
+    params: dict[str, Any]
+    metrics: dict[str, Any] | None = None
+    error: str | None = None
 
 
 class Executor(Protocol):
@@ -49,6 +63,15 @@ class Executor(Protocol):
         ``train_ids`` when given) into the run directory ``out``; resumable. Returns
         ``{"metrics", "checkpoint", "history", "seconds", "startup_seconds", "num_images"}``
         and writes ``out/encoder.pt`` and ``out/metrics.json``."""
+        ...
+
+    def run_trials(self, fn: TrialFn, trials: Sequence[dict[str, Any]], experiment: str, *,
+                   callbacks: Sequence[Any] = ()) -> list[TrialOutcome]:
+        """Run ``fn`` on every trial's parameters (each has a unique ``"name"``), retrying a
+        failing one ``sweep.max_failures`` times; outcomes in the order of ``trials``.
+        ``experiment`` is where the executor may keep its own records (Ray: the Tune
+        experiment); ``callbacks`` are executor-specific (Ray: ``ray.tune.Callback``; local:
+        callables of each :class:`TrialOutcome` as it finishes)."""
         ...
 
     def close(self) -> None:

@@ -1,95 +1,88 @@
-"""Ray Tune sweep over (strategy, fraction, seed): train SimCLR on each subset, evaluate it.
+"""The sweep over (strategy, latent method, fraction, seed): train SimCLR on each subset,
+evaluate it, store the result; trials run on an executor (Ray Tune, or a local loop).
 
-Grid: ``subset`` runs over cells ``{"strategy", "fraction", "ranking", "train_fingerprint",
-"fingerprint"}`` (every strategy x ``sweep.fractions``, plus ``{"strategy": "full",
-"fraction": 1.0}`` when ``sweep.include_full``) and ``seed`` over ``sweep.seeds``; both are
-``tune.grid_search`` axes, so Tune runs their product. ``train_fingerprint`` covers what the
-trained encoder depends on (model/train settings, the shards, the ranking, the fraction) and
-names the trial's run directory together with the seed; ``fingerprint`` adds the evaluation
+Grid: cells ``{"strategy", "latent", "fraction", "ranking", "train_fingerprint",
+"fingerprint"}`` - every ranking of the pipeline (one per strategy and latent method;
+latent-free strategies such as ``random`` only once, with ``latent`` None) at every
+``sweep.fractions``, plus ``{"strategy": "full", "fraction": 1.0}`` when
+``sweep.include_full`` - times ``sweep.seeds``. ``train_fingerprint`` covers what the trained
+encoder depends on (model/train settings, the shards, the ranking, the fraction) and names
+the trial's run directory together with the seed; ``fingerprint`` adds the evaluation
 settings and keys the stored result. A trial is identified by what it computes, not by when
-it ran.
+it ran. Trials run seed by seed (every cell's first seed before any cell's second), so a
+time budget that cuts the sweep leaves as many cells as possible with a result.
 
-Trial (:func:`run_trial`, a Tune *function* trainable, Train V2 interop): it cuts the
-ranking at the fraction, builds a TorchTrainer through :func:`sas_ray.executors.ray.train.fit`
-on ``train.num_workers`` workers, evaluates the final encoder (linear probe + kNN on the test
-split, :func:`sas_ray.stages.evaluate.evaluate_checkpoint`), stores the metrics as a ``trial``
-artifact in ``runs/<run name>/result`` and reports them with ``ray.tune.report``.
+Trial (:func:`run_trial`, Ray-free): cut the ranking at the fraction, ``executor.fit`` into
+the trial's run directory, evaluate the final encoder (linear probe + kNN on the test split),
+store the metrics as a ``trial`` artifact at ``runs/<run name>/result``.
 
 Caching and resuming:
 
-* a trial whose ``result`` artifact matches its fingerprint reports it without training (so
-  a new grid - e.g. one more strategy - retrains only the new cells);
-* a trial whose training already finished (``runs/<run name>/metrics.json``) only evaluates:
-  after a crash during evaluation, after an evaluation setting changed, or when the
-  pipeline's proxy run was this very training (the full-data trial);
-* an interrupted sweep (Ctrl+C, crash) over the same grid is resumed with
-  ``Tuner.restore``: finished trials are kept, errored ones retried;
-* an interrupted *trial* resumes its Train run from its last checkpoint (the Train run is
-  named after the trial, so a retried trial finds it).
+* a trial whose ``result`` artifact matches its fingerprint is not run again (so a new grid -
+  e.g. one more strategy - runs only the new cells, and a rerun resumes a cut sweep);
+* a trial whose training already finished (``metrics.json`` in its run directory) only
+  evaluates: after a crash during evaluation, or after an evaluation setting changed;
+* the full-data trial whose training is the proxy's (the proxy artifact says which training
+  it is: ``meta.alias``) evaluates the proxy's run directory instead of training again;
+* an interrupted training resumes from its last checkpoint in its run directory.
 
-Resources: a trial's Tune function only waits on its Train controller and then evaluates,
-so it reserves ``sweep.trial_cpus`` (default 0: no core); its workers reserve
-``train.num_workers x train.cpus_per_worker`` CPUs (or one GPU each). Trials in flight are
-capped (:func:`max_concurrent_trials`) so that the workers of all running trials fit the
-cluster with one CPU left for Ray Data's read tasks: when trainer workers hold every CPU,
-the reads they wait for cannot be scheduled and nested Tune + Train + Data stalls (measured
-on 2 CPUs with two 1-CPU trials: 440 s of a 460 s trial spent waiting).
-
-Failures: a trial that raises is retried ``sweep.max_failures`` times, then reported as
-failed (error line in the sweep result, the analysis table and ``sas-ray status``).
+Committed output: the ``sweep`` artifact (``trials.json``: every trial with its status,
+run directory and result artifact), written before the trials start (all "not started")
+and again when they end; ``meta.complete`` says whether every trial has a result.
+``sweep.time_budget_min`` stops starting trials after that many minutes (finished ones are
+kept; a rerun continues).
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import dataclasses
 import logging
 import math
-import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-import ray.tune
-
-from sas_ray.analysis.report import (
-    FULL,
-    SPEC_FILE,
-    TIME_METRIC,
-    TrialRecord,
-    last_line,
-    read_experiment,
-)
-from sas_ray.config import Config, from_dict
+from sas_ray.analysis.records import FINISHED, FULL, TIME_METRIC, TRIALS_FILE
+from sas_ray.config import Config, from_dict, result_settings
 from sas_ray.errors import SasRayError
+from sas_ray.executors.base import Executor, TrialOutcome
 from sas_ray.io import storage
 
 log = logging.getLogger(__name__)
 
 TRIAL_STAGE = "trial"
+SWEEP_STAGE = "sweep"
 RESULT_FILE = "result.json"
+LATENT_FREE = frozenset({"random"})  # strategies whose ranking ignores the latent classes
+SKIPPED = "skipped"  # metrics key of a trial that the time budget did not let start
+
+# (strategy, latent method or None, fraction) -> (ranking URI, ranking fingerprint)
+Rankings = Mapping[tuple[str, str | None, float], tuple[str, str]]
+# (train fingerprint, seed) -> the run directory of that training elsewhere (the proxy's)
+Aliases = Mapping[tuple[str, int], str]
 
 
 # ---------------------------------------------------------------------------- grid
 def train_settings(cfg: Config) -> dict[str, Any]:
     """The settings a trained encoder depends on (besides its data and seed)."""
-    train = dataclasses.asdict(cfg.train)
-    for key in ("max_failures", "checkpoint_every", "record_ids", "knn_every", "knn_images",
-                "cpus_per_worker"):
-        train.pop(key)  # bookkeeping and scheduling: the trained encoder does not change
-    return {"model": dataclasses.asdict(cfg.model), "train": train,
+    return {"model": result_settings(cfg.model), "train": result_settings(cfg.train),
             "image_size": cfg.data.image_size}
 
 
-def _cell(cfg: Config, strategy: str, fraction: float, ranking: str | None,
-          inputs: dict[str, Any]) -> dict[str, Any]:
-    train_fp = storage.fingerprint({**train_settings(cfg), **inputs})
-    return {"strategy": strategy, "fraction": float(fraction), "ranking": ranking,
-            "train_fingerprint": train_fp,
+def train_fingerprint(cfg: Config, inputs: Mapping[str, Any]) -> str:
+    """What a training run computes: :func:`train_settings` and its inputs (shards, ...)."""
+    return storage.fingerprint({**train_settings(cfg), **inputs})
+
+
+def _cell(cfg: Config, strategy: str, latent: str | None, fraction: float,
+          ranking: str | None, inputs: dict[str, Any]) -> dict[str, Any]:
+    train_fp = train_fingerprint(cfg, inputs)
+    return {"strategy": strategy, "latent": latent, "fraction": float(fraction),
+            "ranking": ranking, "train_fingerprint": train_fp,
             "fingerprint": storage.fingerprint({"train": train_fp,
-                                                "eval": dataclasses.asdict(cfg.eval)})}
+                                                "eval": result_settings(cfg.eval)})}
 
 
 def check_fractions(fractions: Sequence[float]) -> list[float]:
@@ -101,6 +94,11 @@ def check_fractions(fractions: Sequence[float]) -> list[float]:
             raise SasRayError(f"sweep fraction {f} is out of range (0, 1]; pass fractions such "
                               "as --sweep.fractions 0.2,0.5")
     return sorted(set(fractions))
+
+
+def latent_methods(cfg: Config) -> list[str]:
+    """The latent-class methods swept: ``sweep.latent_methods``, or ``latent.method``."""
+    return list(dict.fromkeys(cfg.sweep.latent_methods or [cfg.latent.method]))
 
 
 def check_subset_sizes(cfg: Config, num_train: int) -> None:
@@ -116,19 +114,18 @@ def check_subset_sizes(cfg: Config, num_train: int) -> None:
                           "--train.batch_size")
 
 
-def make_cells(cfg: Config, shards: Mapping[str, Any],
-               rankings: Mapping[tuple[str, float], tuple[str, str]]) -> list[dict[str, Any]]:
-    """Grid cells: one per (strategy, fraction) of ``rankings`` (-> (ranking URI, its manifest
-    fingerprint)), plus the full-data cell when ``sweep.include_full``. ``shards`` is the
-    manifest of the shards trained on."""
+def make_cells(cfg: Config, shards: Mapping[str, Any], rankings: Rankings
+               ) -> list[dict[str, Any]]:
+    """Grid cells: one per entry of ``rankings``, plus the full-data cell when
+    ``sweep.include_full``. ``shards`` is the manifest of the shards trained on."""
     check_subset_sizes(cfg, num_train_images(shards))
     shards_fp = shards["fingerprint"]
     cells = []
-    for (strategy, fraction), (uri, ranking_fp) in rankings.items():
+    for (strategy, latent, fraction), (uri, ranking_fp) in rankings.items():
         if strategy == FULL:
             raise SasRayError(f"'{FULL}' names the full-data baseline, not a strategy; remove it "
                               "from select.strategies and set sweep.include_full")
-        cells.append(_cell(cfg, strategy, fraction, uri, {
+        cells.append(_cell(cfg, strategy, latent, fraction, uri, {
             "shards": shards_fp, "ranking": ranking_fp, "fraction": float(fraction)}))
     if cfg.sweep.include_full:
         cells.append(full_cell(cfg, shards_fp))
@@ -139,7 +136,7 @@ def make_cells(cfg: Config, shards: Mapping[str, Any],
 
 def full_cell(cfg: Config, shards_fp: str) -> dict[str, Any]:
     """The full-data baseline cell: every train image, no ranking."""
-    return _cell(cfg, FULL, 1.0, None, {"shards": shards_fp})
+    return _cell(cfg, FULL, None, 1.0, None, {"shards": shards_fp})
 
 
 def num_train_images(shards: Mapping[str, Any]) -> int:
@@ -161,9 +158,16 @@ def run_name(cell: Mapping[str, Any], seed: int) -> str:
     return f"{cell['strategy']}-f{cell['fraction']:.2f}-s{seed}-{key}"
 
 
+def ranking_uri(root: str, latent: str | None, strategy: str, fraction: float | None) -> str:
+    """``root/<latent>/<strategy>`` (``root/<strategy>`` for latent-free strategies), plus
+    ``/f0.30`` for a ranking made for one fraction."""
+    uri = storage.join(root, *([latent] if latent else []), strategy)
+    return uri if fraction is None else storage.join(uri, f"f{fraction:.4g}")
+
+
 @dataclass
 class SweepSpec:
-    """Everything a trial needs (JSON-serialisable; stored as ``SPEC_FILE`` in the experiment)."""
+    """Everything a trial needs (JSON-serialisable)."""
 
     data: str  # shards URI
     runs: str  # trial runs and results go to runs/<run name>/
@@ -171,6 +175,7 @@ class SweepSpec:
     seeds: list[int]
     config: dict[str, Any]  # Config.to_dict()
     fingerprint: str = ""
+    deadline: float | None = None  # wall-clock time (time.time()) after which no trial starts
 
     def __post_init__(self) -> None:
         self.fingerprint = storage.fingerprint(
@@ -181,20 +186,46 @@ class SweepSpec:
         return dataclasses.asdict(self)
 
 
-def sweep_spec(cfg: Config, shards_uri: str, shards: Mapping[str, Any],
-               rankings: Mapping[tuple[str, float], tuple[str, str]], runs: str) -> SweepSpec:
+def sweep_spec(cfg: Config, shards_uri: str, shards: Mapping[str, Any], rankings: Rankings,
+               runs: str) -> SweepSpec:
     """The sweep of ``cfg`` over the shards at ``shards_uri`` (``shards``: their manifest)."""
     return SweepSpec(data=shards_uri, runs=runs, cells=make_cells(cfg, shards, rankings),
                      seeds=seeds_of(cfg), config=cfg.to_dict())
 
 
+def plan_trials(spec: SweepSpec, aliases: Aliases | None = None) -> list[dict[str, Any]]:
+    """Every trial's parameters, seed by seed: ``name``, ``subset`` (the cell), ``seed``,
+    ``run`` (its run directory: ``runs/<name>``, or the run that ``aliases`` maps its
+    (train fingerprint, seed) to), ``result`` (its result artifact) and ``fingerprint``
+    (that artifact's, when it is this trial's)."""
+    trials = []
+    for seed in spec.seeds:
+        for cell in spec.cells:
+            name = run_name(cell, seed)
+            own = storage.join(spec.runs, name)
+            trials.append({"name": name, "subset": cell, "seed": seed,
+                           "run": (aliases or {}).get((cell["train_fingerprint"], seed), own),
+                           "result": storage.join(own, "result"),
+                           "fingerprint": result_fingerprint(cell, seed)})
+    return trials
+
+
 # ---------------------------------------------------------------------------- trial
-def read_trial_result(uri: str, cell: Mapping[str, Any], seed: int) -> dict[str, Any] | None:
-    """The stored metrics of a finished trial, or None if there are none for this cell/seed."""
-    fp = storage.stage_fingerprint(TRIAL_STAGE, dict(cell), {}, seed)
-    if not storage.is_fresh(uri, fp):
+def _result_config(cell: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: cell[k] for k in ("strategy", "latent", "fraction", "fingerprint")}
+
+
+def result_fingerprint(cell: Mapping[str, Any], seed: int) -> str:
+    """The fingerprint of a trial's result artifact (locations are not part of it)."""
+    return storage.stage_fingerprint(TRIAL_STAGE, _result_config(cell), {}, seed)
+
+
+def read_trial_result(uri: str, fingerprint: str) -> dict[str, Any] | None:
+    """The stored metrics at ``uri`` if they are the trial's (``fingerprint``), else None."""
+    if not storage.is_fresh(uri, fingerprint):
         return None
-    return storage.read_json(storage.join(uri, storage.require_manifest(uri)["files"][0]))
+    (path,) = storage.artifact_files(uri)
+    return storage.read_json(path)
 
 
 def completed_fit(out: str) -> dict[str, Any] | None:
@@ -211,17 +242,17 @@ def completed_fit(out: str) -> dict[str, Any] | None:
     return {**storage.read_json(uri), "checkpoint": storage.join(out, ENCODER_FILE)}
 
 
-def train_and_evaluate(cfg: Config, data: str, cell: Mapping[str, Any], out: str
-                       ) -> dict[str, Any]:
-    """Train on the cell's subset (Ray Train), evaluate the final encoder; flat metrics."""
-    from sas_ray.executors.ray.train import fit
+def train_and_evaluate(executor: Executor, cfg: Config, data: str, cell: Mapping[str, Any],
+                       out: str) -> dict[str, Any]:
+    """Train on the cell's subset with ``executor.fit`` (unless ``out`` holds a finished
+    training), evaluate the final encoder; flat metrics."""
     from sas_ray.io.artifacts import subset_ids
     from sas_ray.stages.evaluate import evaluate_checkpoint
 
     ids = None if cell["ranking"] is None else subset_ids(cell["ranking"], cell["fraction"])
     summary = completed_fit(out)
     reused = summary is not None
-    summary = summary or fit(cfg, data, out, train_ids=ids, name="train")
+    summary = summary or executor.fit(cfg, data, out, ids, "train")
     start = time.perf_counter()
     ev = evaluate_checkpoint(summary["checkpoint"], data, cfg)
     history = summary["history"]
@@ -240,248 +271,123 @@ def train_and_evaluate(cfg: Config, data: str, cell: Mapping[str, Any], out: str
     }
 
 
-def run_trial(params: dict[str, Any], spec: dict[str, Any]) -> None:
-    """Tune function trainable: one (strategy, fraction, seed); reports its metrics once."""
+def run_trial(params: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """One trial (the executors' trial function): its stored result, else train, evaluate and
+    store it; ``{"skipped": ...}`` without doing anything once ``spec["deadline"]`` passed."""
+    from sas_ray.executors import get_executor
+
     cell, seed = params["subset"], int(params["seed"])
+    stored = read_trial_result(params["result"], params["fingerprint"])
+    if stored is not None:
+        return stored
+    if spec["deadline"] is not None and time.time() > spec["deadline"]:
+        return {SKIPPED: "sweep.time_budget_min"}
     cfg = from_dict(spec["config"])
     cfg.run.seed = seed
-    out = storage.join(spec["runs"], run_name(cell, seed))
-    result_uri = storage.join(out, "result")
-    cached = read_trial_result(result_uri, cell, seed)
-    if cached is not None:
-        ray.tune.report({**cached, "cached": True})
-        return
-    metrics = train_and_evaluate(cfg, spec["data"], cell, out)
-    with storage.write_artifact(result_uri, TRIAL_STAGE, config=dict(cell), seed=seed) as w:
+    executor = get_executor(cfg)
+    try:
+        metrics = train_and_evaluate(executor, cfg, spec["data"], cell, params["run"])
+    finally:
+        executor.close()
+    with storage.write_artifact(params["result"], TRIAL_STAGE, config=_result_config(cell),
+                                seed=seed) as w:
         storage.write_json_atomic(storage.join(w.dir, RESULT_FILE), metrics)
-        w.meta.update(strategy=cell["strategy"], fraction=cell["fraction"], seed=seed)
-    ray.tune.report({**metrics, "cached": False})
-
-
-# ---------------------------------------------------------------------------- resources
-def max_concurrent_trials(cfg: Config, cpus: float, gpus: float, trials: int) -> int:
-    """Trials in flight such that the workers of every running trial fit the cluster
-    (``gpus``: GPUs the trials' workers use, 0 on CPU), one CPU stays free for Ray Data's read
-    tasks (on clusters with 2+ CPUs), and ``sweep.max_concurrent`` (if set) holds."""
-    per_trial = cfg.train.num_workers * cfg.train.cpus_per_worker + cfg.sweep.trial_cpus
-    if per_trial > cpus:
-        raise SasRayError(f"one trial needs {per_trial:g} CPUs (train.num_workers x "
-                          f"train.cpus_per_worker + sweep.trial_cpus) but the cluster has "
-                          f"{cpus:g}; lower --train.num_workers or --train.cpus_per_worker")
-    free = cpus - 1 if cpus >= 2 else cpus
-    n = math.floor(free / per_trial + 1e-9) if per_trial > 0 else trials
-    if gpus:
-        n = min(n, math.floor(gpus / cfg.train.num_workers))
-    if cfg.sweep.max_concurrent:
-        n = min(n, cfg.sweep.max_concurrent)
-    return max(1, min(n, trials))
-
-
-def trial_bundle(cfg: Config) -> dict[str, float]:
-    """What a trial's Tune function reserves. With ``sweep.trial_cpus`` 0 it holds memory only
-    (Tune needs a non-empty bundle): it waits on its workers, it does not compute alongside."""
-    if cfg.sweep.trial_cpus > 0:
-        return {"cpu": cfg.sweep.trial_cpus}
-    return {"cpu": 0, "memory": 256 * 2**20}
+        w.meta.update(name=params["name"], run=params["run"])
+    log.info("trial %s: linear probe %.1f%%, kNN %.1f%% (%s)", params["name"],
+             metrics["linear_acc"], metrics["knn_acc"],
+             "evaluated a finished training" if metrics["reused_training"]
+             else f"trained {metrics[TIME_METRIC]:.0f} s")
+    return metrics
 
 
 # ---------------------------------------------------------------------------- driver
-def _error_line(trial: Any) -> str:
-    path = trial.error_file
-    if path and os.path.exists(path):
-        with open(path, errors="replace") as f:
-            return last_line(f.read())
-    return "no error file"
-
-
-class TrialLog(ray.tune.Callback):
-    """One log line per finished (or cached), retried and failed trial."""
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        r, p = trial.last_result or {}, trial.config
-        if "linear_acc" in r:
-            how = ("stored result" if r.get("cached") else "evaluated a finished training"
-                   if r.get("reused_training") else f"trained {r[TIME_METRIC]:.0f} s")
-            log.info("trial %s f=%.2f seed=%s: linear probe %.1f%%, kNN %.1f%% (%s)",
-                     p["subset"]["strategy"], p["subset"]["fraction"], p["seed"],
-                     r["linear_acc"], r["knn_acc"], how)
-
-    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        p = trial.config
-        log.warning("trial %s f=%.2f seed=%s failed (%s); retrying", p["subset"]["strategy"],
-                    p["subset"]["fraction"], p["seed"], _error_line(trial))
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        p = trial.config
-        log.error("trial %s f=%.2f seed=%s FAILED after %d attempt(s): %s",
-                  p["subset"]["strategy"], p["subset"]["fraction"], p["seed"],
-                  trial.num_failures, _error_line(trial))
-
-
 @dataclass
 class SweepResult:
-    """Outcome of :func:`run_sweep`: records of every trial of the grid."""
+    """Outcome of :func:`run_sweep`: the listing committed in the sweep artifact."""
 
-    experiment: str
-    records: list[TrialRecord]
-    spec: dict[str, Any]
-    restored: bool
+    uri: str
+    trials: list[dict[str, Any]]  # plan_trials entries with "status" and "error"
     seconds: float
-    missing: list[tuple[str, float, int]] = field(default_factory=list)
+    trained: int = 0
 
-    @property
-    def failed(self) -> list[TrialRecord]:
-        return [r for r in self.records if r.status == "ERROR"]
-
-    @property
-    def finished(self) -> list[TrialRecord]:
-        return [r for r in self.records if r.finished]
+    def having(self, status: str) -> list[dict[str, Any]]:
+        return [t for t in self.trials if t["status"] == status]
 
     @property
     def complete(self) -> bool:
-        return not self.failed and not self.missing
+        return all(t["status"] == FINISHED for t in self.trials)
 
 
-def _trial_dirname(trial: Any) -> str:
-    p = trial.config
-    return f"{run_name(p['subset'], p['seed'])}-{trial.trial_id}"
+def _status(outcome: TrialOutcome) -> str:
+    if outcome.error is not None:
+        return "failed"
+    if outcome.metrics is None:
+        return "not started"
+    return SKIPPED if SKIPPED in outcome.metrics else FINISHED
 
 
-def _same_grid(experiment: str, spec: SweepSpec) -> bool:
-    uri = storage.join(experiment, SPEC_FILE)
-    return storage.exists(uri) and storage.read_json(uri).get("fingerprint") == spec.fingerprint
+def commit_sweep(uri: str, spec: SweepSpec, trials: list[dict[str, Any]]) -> None:
+    """Commit the ``sweep`` artifact at ``uri``: the trial listing, ``meta.complete``."""
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t["status"]] = counts.get(t["status"], 0) + 1
+    with storage.write_artifact(uri, SWEEP_STAGE, config={"grid": spec.fingerprint}) as w:
+        storage.write_json_atomic(storage.join(w.dir, TRIALS_FILE), trials)
+        w.meta.update(complete=counts.get(FINISHED, 0) == len(trials), counts=counts,
+                      cells=len(spec.cells), seeds=spec.seeds)
 
 
-@contextlib.contextmanager
-def _quiet_tune(quiet: bool) -> Iterator[None]:
-    """Silence Tune's console reporter and error log (TrialLog reports each trial instead)."""
-    if not quiet:
-        yield
-        return
-    tune_log = logging.getLogger("ray.tune")
-    level, output = tune_log.level, os.environ.get("RAY_AIR_NEW_OUTPUT")
-    tune_log.setLevel(logging.CRITICAL)
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the legacy reporter honours verbose=0
-    try:
-        yield
-    finally:
-        tune_log.setLevel(level)
-        if output is None:
-            os.environ.pop("RAY_AIR_NEW_OUTPUT")
-        else:
-            os.environ["RAY_AIR_NEW_OUTPUT"] = output
+def sweep_fingerprint(spec: SweepSpec) -> str:
+    """The fingerprint a committed sweep artifact of ``spec`` has."""
+    return storage.stage_fingerprint(SWEEP_STAGE, {"grid": spec.fingerprint}, {}, None)
 
 
-def run_sweep(cfg: Config, spec: SweepSpec, experiment: str, *,
-              callbacks: Sequence[Any] = ()) -> SweepResult:
-    """Run (or resume) the Tune experiment at ``experiment`` (local or s3://) for ``spec``.
-
-    Same grid as the experiment already there: ``Tuner.restore`` (finished trials kept,
-    errored and unfinished ones rerun). Another grid: the old experiment is replaced, and
-    trials whose results are stored under ``spec.runs`` report them without training.
-    ``callbacks`` are extra ``ray.tune.Callback`` objects.
-    """
-    from sas_ray.executors.ray.session import cluster_cpus, cluster_gpus, ensure_ray, want_gpu
-
-    ensure_ray(cfg.run)
+def run_sweep(cfg: Config, spec: SweepSpec, executor: Executor, uri: str, experiment: str, *,
+              aliases: Aliases | None = None, callbacks: Sequence[Any] = ()) -> SweepResult:
+    """Run every trial of ``spec`` that has no stored result on ``executor`` and commit the
+    sweep artifact at ``uri`` (``experiment``: the executor's own records, e.g. Tune's)."""
     start = time.perf_counter()
-    fs, path = storage.filesystem(experiment)  # Tune gets the same filesystem (s3fs on S3)
-    parent, name = path.rstrip("/").rsplit("/", 1)
-    trainable = ray.tune.with_resources(
-        ray.tune.with_parameters(run_trial, spec=spec.to_json()), trial_bundle(cfg))
-    trials = len(spec.cells) * len(spec.seeds)
-    gpus = cluster_gpus() if want_gpu(cfg.train.use_gpu) else 0.0
-    concurrent = max_concurrent_trials(cfg, cluster_cpus(), gpus, trials)
-    restored = _same_grid(experiment, spec) and ray.tune.Tuner.can_restore(
-        path, storage_filesystem=fs)
-    if restored:
-        log.info("resuming the sweep at %s (finished trials are kept)", experiment)
-        tuner = ray.tune.Tuner.restore(path, trainable=trainable, resume_errored=True,
-                                       storage_filesystem=fs)
-    else:
-        if storage.exists(experiment):
-            log.info("replacing the Tune experiment at %s: another grid, or it never saved its "
-                     "state (stored trial results are reused)", experiment)
-            storage.delete(experiment)
-        storage.write_json_atomic(storage.join(experiment, SPEC_FILE), spec.to_json())
-        tuner = ray.tune.Tuner(
-            trainable,
-            param_space={"subset": ray.tune.grid_search(spec.cells),
-                         "seed": ray.tune.grid_search(spec.seeds)},
-            tune_config=ray.tune.TuneConfig(max_concurrent_trials=concurrent, reuse_actors=True,
-                                            trial_dirname_creator=_trial_dirname,
-                                            trial_name_creator=_trial_dirname),
-            run_config=ray.tune.RunConfig(
-                name=name, storage_path=parent, storage_filesystem=fs, verbose=0,
-                failure_config=ray.tune.FailureConfig(max_failures=cfg.sweep.max_failures),
-                callbacks=[TrialLog(), *callbacks]))
-    log.info("sweep: %d trials (%d cells x %d seeds), up to %d at a time -> %s", trials,
-             len(spec.cells), len(spec.seeds), concurrent, experiment)
-    with _quiet_tune(not log.isEnabledFor(logging.DEBUG)):
-        tuner.fit()
-    records, _ = read_experiment(experiment)
-    done = {r.key for r in records if r.finished}
-    expected = [(c["strategy"], round(float(c["fraction"]), 6), s)
-                for c in spec.cells for s in spec.seeds]
-    missing = [k for k in expected if k not in done and k not in
-               {r.key for r in records if r.status == "ERROR"}]
-    return SweepResult(experiment=experiment, records=records, spec=spec.to_json(),
-                       restored=restored, seconds=time.perf_counter() - start, missing=missing)
-
-
-def sweep_rankings(cfg: Config, rankings_root: str) -> dict[tuple[str, float], tuple[str, str]]:
-    """(strategy, fraction) -> (ranking URI, fingerprint) for ``select.strategies`` x
-    ``sweep.fractions``, from the pipeline layout ``rankings/<strategy>[/f<fraction>]``."""
-    from sas_ray.core.selection.registry import is_nested
-
-    out = {}
-    for strategy in cfg.select.strategies:
-        for fraction in check_fractions(cfg.sweep.fractions):
-            uri = ranking_uri(rankings_root, strategy, None if is_nested(strategy, cfg.select)
-                              else fraction)
-            out[(strategy, fraction)] = (uri, storage.require_manifest(uri, "ranking")
-                                         ["fingerprint"])
-    return out
-
-
-def ranking_uri(root: str, strategy: str, fraction: float | None) -> str:
-    """``root/<strategy>`` for nested strategies, ``root/<strategy>/f0.30`` otherwise."""
-    uri = storage.join(root, strategy)
-    return uri if fraction is None else storage.join(uri, f"f{fraction:.4g}")
+    if cfg.sweep.time_budget_min is not None:
+        spec = dataclasses.replace(spec, deadline=time.time() + 60 * cfg.sweep.time_budget_min)
+    trials = plan_trials(spec, aliases)
+    for t in trials:
+        done = storage.is_fresh(t["result"], t["fingerprint"])
+        t.update(status=FINISHED if done else "not started", error=None)
+    pending = [t for t in trials if t["status"] != FINISHED]
+    commit_sweep(uri, spec, trials)
+    log.info("sweep: %d trials (%d cells x %d seeds), %d to run on the %s executor", len(trials),
+             len(spec.cells), len(spec.seeds), len(pending), executor.name)
+    params = [{k: t[k] for k in ("name", "subset", "seed", "run", "result", "fingerprint")}
+              for t in pending]
+    outcomes = executor.run_trials(partial(run_trial, spec=spec.to_json()), params, experiment,
+                                   callbacks=callbacks)
+    trained = 0
+    for t, outcome in zip(pending, outcomes, strict=True):
+        t.update(status=_status(outcome), error=outcome.error)
+        trained += int(t["status"] == FINISHED
+                       and not outcome.metrics.get("reused_training", True))
+    commit_sweep(uri, spec, trials)
+    return SweepResult(uri=uri, trials=trials, seconds=time.perf_counter() - start,
+                       trained=trained)
 
 
 def summary_lines(result: SweepResult) -> list[str]:
-    total = len(result.spec["cells"]) * len(result.spec["seeds"])
-    lines = [f"sweep: {len(result.finished)} of {total} trials finished in "
-             f"{result.seconds:.0f} s -> {result.experiment}"]
-    lines += [f"  FAILED {r.strategy} f={r.fraction:.2f} seed={r.seed}: {r.error}"
-              for r in result.failed]
-    lines += [f"  not finished: {s} f={f:.2f} seed={seed}" for s, f, seed in result.missing]
+    lines = [f"sweep: {len(result.having(FINISHED))} of {len(result.trials)} trials finished "
+             f"in {result.seconds:.0f} s -> {result.uri}"]
+    lines += [f"  FAILED {t['name']}: {t['error']}" for t in result.having("failed")]
+    lines += [f"  {status}: {t['name']}" for status in (SKIPPED, "not started")
+              for t in result.having(status)]
     return lines
-
-
-def cli_sweep(cfg: Config, args: argparse.Namespace) -> None:
-    """``sas-ray sweep [--experiment DIR]``: the sweep over the rankings a pipeline run left in
-    ``run.storage``; prints the table (``sas-ray analyze`` writes the report files)."""
-    from sas_ray.analysis.report import analyze, render
-    from sas_ray.pipeline import Layout, existing_shards
-
-    layout = Layout(cfg.run.storage)
-    shards_uri, shards = existing_shards(cfg, layout)
-    spec = sweep_spec(cfg, shards_uri, shards, sweep_rankings(cfg, layout.rankings), layout.runs)
-    result = run_sweep(cfg, spec, args.experiment or layout.sweep)
-    print("\n".join(summary_lines(result)))
-    print(render(analyze(result.experiment, cfg.analyze)), end="")
-    raise_if_incomplete(result)
 
 
 def raise_if_incomplete(result: SweepResult) -> None:
     """One error line for failed or unfinished trials (after their results were shown)."""
-    if result.failed:
-        first = result.failed[0]
-        raise SasRayError(f"{len(result.failed)} trial(s) failed (first: {first.strategy} "
-                          f"f={first.fraction:.2f} seed={first.seed}: {first.error}); fix the "
-                          "cause and rerun: finished trials are kept, failed ones retried")
-    if result.missing:
-        raise SasRayError(f"the sweep stopped with {len(result.missing)} trial(s) unfinished; "
-                          "rerun the same command to resume it")
+    if failed := result.having("failed"):
+        raise SasRayError(f"{len(failed)} trial(s) failed (first: {failed[0]['name']}: "
+                          f"{failed[0]['error']}); fix the cause and rerun: finished trials are "
+                          "kept, failed ones retried")
+    if not result.complete:
+        left = len(result.trials) - len(result.having(FINISHED))
+        why = " (sweep.time_budget_min)" if result.having(SKIPPED) else ""
+        raise SasRayError(f"the sweep stopped with {left} trial(s) unfinished{why}; rerun the "
+                          "same command to resume it")

@@ -7,7 +7,7 @@ worker they run in this process).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from sas_ray.config import Config
 from sas_ray.core.selection.ranking import ClassFn, ClassJob, ClassMap, ClassOrder, map_serial
-from sas_ray.executors.base import BlockFn
+from sas_ray.executors.base import BlockFn, TrialFn, TrialOutcome
 from sas_ray.executors.grouping import balanced_groups, rank_chunk
 
 
@@ -45,6 +45,14 @@ class LocalExecutor:
             return [results[job.index] for job in jobs]
 
         return run
+
+    def run_trials(self, fn: TrialFn, trials: Sequence[dict[str, Any]], experiment: str, *,
+                   callbacks: Sequence[Callable[[TrialOutcome], None]] = ()
+                   ) -> list[TrialOutcome]:
+        """One trial after another (``experiment`` is unused: stored results resume)."""
+        from sas_ray.executors.local.sweep import run_trials
+
+        return run_trials(fn, trials, self.cfg.sweep.max_failures, callbacks)
 
     def close(self) -> None:
         pass

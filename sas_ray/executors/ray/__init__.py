@@ -13,7 +13,7 @@ import pyarrow as pa
 from sas_ray.config import Config
 from sas_ray.core.selection.ranking import ClassFn, ClassJob, ClassMap, ClassOrder
 from sas_ray.errors import SasRayError
-from sas_ray.executors.base import BlockFn
+from sas_ray.executors.base import BlockFn, TrialFn, TrialOutcome
 from sas_ray.executors.grouping import balanced_groups, rank_chunk
 from sas_ray.executors.ray.session import ensure_ray
 
@@ -66,6 +66,13 @@ class RayExecutor:
         from sas_ray.executors.ray.train import fit
 
         return fit(cfg, data, out, train_ids, name)
+
+    def run_trials(self, fn: TrialFn, trials: Sequence[dict[str, Any]], experiment: str, *,
+                   callbacks: Sequence[Any] = ()) -> list[TrialOutcome]:
+        """The trials as one Ray Tune experiment at ``experiment``."""
+        from sas_ray.executors.ray.tune import run_trials
+
+        return run_trials(self.cfg, fn, trials, experiment, callbacks)
 
     def close(self) -> None:
         pass
