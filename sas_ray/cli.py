@@ -1,8 +1,13 @@
 """sas-ray: data-efficient contrastive SSL on Ray, one subcommand per stage.
 
 Every subcommand accepts ``--config FILE`` and any ``--section.key VALUE`` override
-(see :mod:`sas_ray.config`). Stage handlers live next to the code they drive and are
-imported lazily, so ``sas-ray info`` does not pay for importing torch or Ray.
+(see :mod:`sas_ray.config`); ``sas-ray config`` prints the resolved config. The config is
+checked whole (:mod:`sas_ray.validate`) before a stage starts. Stage handlers live next to
+the code they drive and are imported lazily, so ``sas-ray info`` does not pay for importing
+torch or Ray.
+
+Errors: every exception that reaches :func:`main` is printed as one line (exit 2; Ctrl-C:
+130); ``-v`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -11,79 +16,154 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from sas_ray import config as config_mod
-from sas_ray.errors import SasRayError
+from sas_ray.errors import describe
+from sas_ray.validate import validate
 
-# subcommand -> (handler "module:function", help, [(flag or positional, kwargs), ...])
 Arg = tuple[str, dict]
-COMMANDS: dict[str, tuple[str, str, list[Arg]]] = {
-    "ingest": ("sas_ray.stages.ingest:cli_ingest",
-               "convert an image source into Parquet shards",
-               [("source", {"help": "synthetic | ImageFolder dir or .tar(.gz) (local or s3://) | "
-                                    "idx:DIR | torchvision:NAME[:ROOT] (ROOT default: data)"}),
-                ("out", {"help": "output directory or s3:// URI"}),
-                ("--force", {"action": "store_true",
-                             "help": "rebuild even when OUT holds shards of the same source "
-                                     "files and settings"})]),
-    "info": ("sas_ray.io.shards:cli_info",
-             "summarise a shard dataset: counts per split and class, bytes, shards",
-             [("shards", {"help": "dataset directory or s3:// URI"})]),
-    "train": ("sas_ray.executors.ray.train:cli_train",
-              "train SimCLR on shards (optionally a subset) with Ray Train",
-              [("--data", {"required": True, "help": "shard dataset"}),
-               ("--subset", {"help": "subset or ranking artifact restricting the train ids"}),
-               ("--fraction", {"type": float, "help": "cut a ranking at this fraction"}),
-               ("--out", {"required": True, "help": "run directory for checkpoints/metrics"})]),
-    "evaluate": ("sas_ray.stages.evaluate:cli_evaluate",
-                 "linear probe + kNN accuracy of a checkpoint on the test split",
-                 [("--checkpoint", {"required": True}), ("--data", {"required": True}),
-                  ("--out", {"help": "write eval.json here"})]),
-    "embed": ("sas_ray.stages.embed:cli_embed",
-              "embed every image with a proxy encoder on Ray Data actors",
-              [("--data", {"required": True, "help": "shard dataset"}),
-               ("--proxy", {"required": True, "help": "encoder: a sas-ray checkpoint (file or "
-                                                      "dir) or torchvision ResNet weights"}),
-               ("--out", {"required": True, "help": "embeddings directory or s3:// URI"})]),
-    "latent": ("sas_ray.stages.latent:cli_latent",
-               "approximate latent classes (labels, few labels + linear, k-means)",
-               [("--embeddings", {"required": True}), ("--out", {"required": True})]),
-    "select": ("sas_ray.stages.rank:cli_select",
-               "rank examples with a selection strategy (nested across fractions)",
-               [("--embeddings", {"required": True}), ("--partition", {"required": True}),
-                ("--strategy", {"required": True}), ("--fraction", {"type": float,
-                 "help": "for strategies that are not nested"}),
-                ("--out", {"required": True})]),
-    "subset-info": ("sas_ray.stages.rank:cli_subset_info",
-                    "size, per-class counts and overlap of a subset/ranking",
-                    [("subset", {}), ("--fraction", {"type": float}),
-                     ("--compare", {"help": "another subset/ranking to measure overlap with"})]),
-    "sweep": ("sas_ray.stages.sweep:cli_sweep",
-              "Ray Tune sweep over strategy x fraction x seed",
-              [("--experiment", {"help": "experiment dir (default: <run.storage>/sweep)"})]),
-    "pipeline": ("sas_ray.pipeline:cli_pipeline",
-                 "ingest -> proxy -> embed -> latent -> rank -> sweep -> report", []),
-    "analyze": ("sas_ray.analysis.report:cli_analyze",
-                "tables and plot from a (possibly partial) sweep",
-                [("experiment", {}), ("--out", {"help": "report dir (default: next to it)"})]),
-    "status": ("sas_ray.pipeline:cli_status",
-               "what is done, running and where outputs are",
-               [("storage", {"nargs": "?", "help": "run.storage of the experiment"})]),
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its handler ``"module:function"`` (called with the config and the parsed
+    arguments), help, arguments, the :mod:`sas_ray.validate` scopes checked before it runs
+    and the config it reads (for ``--help``)."""
+
+    handler: str
+    help: str
+    args: list[Arg] = field(default_factory=list)
+    checks: tuple[str, ...] = ("all",)
+    reads: str = ""
+    notes: Callable[[], str] | None = None  # more help text, built only for --help
+
+
+def _strategy_lines() -> str:
+    from sas_ray.core.selection.registry import DESCRIPTIONS
+
+    width = max(map(len, DESCRIPTIONS))
+    return "strategies (--select.strategies):\n" + "\n".join(
+        f"  {name:<{width}}  {text}" for name, text in DESCRIPTIONS.items())
+
+
+COMMANDS: dict[str, Command] = {
+    "ingest": Command(
+        "sas_ray.stages.ingest:cli_ingest", "convert an image source into Parquet shards",
+        [("source", {"help": "synthetic | ImageFolder dir or .tar(.gz) (local or s3://) | "
+                             "idx:DIR | torchvision:NAME[:ROOT] (ROOT default: data)"}),
+         ("out", {"help": "output directory or s3:// URI"}),
+         ("--force", {"action": "store_true",
+                      "help": "rebuild even when OUT holds shards of the same source files "
+                              "and settings"})],
+        reads="data.*, run.*"),
+    "info": Command(
+        "sas_ray.io.shards:cli_info",
+        "summarise a shard dataset: counts per split and class, bytes, shards",
+        [("shards", {"help": "dataset directory or s3:// URI"})], checks=()),
+    "train": Command(
+        "sas_ray.stages.train:cli_train",
+        "train SimCLR on shards (optionally a subset) on the run.executor",
+        [("--data", {"required": True, "help": "shard dataset"}),
+         ("--subset", {"help": "subset or ranking artifact restricting the train ids"}),
+         ("--fraction", {"type": float, "help": "cut the --subset ranking at this fraction"}),
+         ("--out", {"required": True, "help": "run directory for checkpoints/metrics"})],
+        reads="model.*, train.*, eval.* (online kNN), data.image_size, run.*"),
+    "evaluate": Command(
+        "sas_ray.stages.evaluate:cli_evaluate",
+        "linear probe + kNN accuracy of a checkpoint on the test split",
+        [("--checkpoint", {"required": True,
+                           "help": "a sas-ray checkpoint file or run directory"}),
+         ("--data", {"required": True, "help": "shard dataset with a test split"}),
+         ("--out", {"help": "write eval.json here"})],
+        reads="eval.*, run.seed"),
+    "embed": Command(
+        "sas_ray.stages.embed:cli_embed",
+        "embed every image with a proxy encoder (proxy.checkpoint)",
+        [("--data", {"required": True, "help": "shard dataset"}),
+         ("--out", {"required": True, "help": "embeddings directory or s3:// URI"})],
+        checks=("all", "embed"),
+        reads="proxy.checkpoint (required: a sas-ray checkpoint file or run directory, or "
+              "torchvision ResNet weights), embed.*, run.*"),
+    "latent": Command(
+        "sas_ray.stages.latent:cli_latent",
+        "approximate latent classes (labels, few labels + linear, k-means)",
+        [("--embeddings", {"required": True, "help": "embeddings artifact"}),
+         ("--out", {"required": True, "help": "partition directory or s3:// URI"})],
+        reads="latent.*, run.seed"),
+    "select": Command(
+        "sas_ray.stages.rank:cli_select",
+        "rank examples with each of select.strategies (nested across fractions)",
+        [("--embeddings", {"required": True, "help": "embeddings artifact"}),
+         ("--partition", {"required": True, "help": "partition artifact (sas-ray latent)"}),
+         ("--out", {"required": True,
+                    "help": "directory: one ranking per strategy at OUT/<strategy> (a "
+                            "non-nested one per sweep.fractions entry at "
+                            "OUT/<strategy>/f<fraction>)"})],
+        checks=("all", "select"), reads="select.*, sweep.fractions (non-nested strategies), run.*",
+        notes=_strategy_lines),
+    "subset-info": Command(
+        "sas_ray.stages.rank:cli_subset_info",
+        "size, per-class counts and overlap of a subset/ranking",
+        [("subset", {"help": "ranking or subset artifact"}),
+         ("--fraction", {"type": float, "help": "cut a nested ranking at this fraction"}),
+         ("--compare", {"help": "another subset/ranking to measure overlap with"})],
+        checks=()),
+    "sweep": Command(
+        "sas_ray.pipeline:cli_sweep",
+        "sweep strategy x latent method x fraction x seed on the run.executor",
+        [("--experiment", {"help": "sweep artifact dir (default: <run.storage>/sweep)"})],
+        checks=("all", "sweep"), reads="every section but data.source"),
+    "pipeline": Command(
+        "sas_ray.pipeline:cli_pipeline",
+        "ingest -> proxy -> embed -> latent -> rank -> sweep -> report",
+        checks=("all", "sweep", "pipeline"),
+        reads="every section"),
+    "analyze": Command(
+        "sas_ray.analysis.report:cli_analyze", "tables and plot from a (possibly partial) sweep",
+        [("experiment", {"help": "the sweep artifact (default layout: <run.storage>/sweep)"}),
+         ("--out", {"help": "report dir (default: next to it)"})],
+        checks=(), reads="analyze.*"),
+    "status": Command(
+        "sas_ray.pipeline:cli_status", "what is done, running and where outputs are",
+        [("storage", {"nargs": "?", "help": "run.storage of the experiment"})], checks=()),
+    "config": Command(
+        "sas_ray.cli:cli_config",
+        "print the resolved config (defaults, then --config, then overrides) as YAML",
+        checks=("all", "sweep", "pipeline"), reads="every section"),
 }
+
+OVERRIDES = ("config: --config FILE, then any key as --section.key VALUE (lists: a,b or "
+             "[a, b]), e.g. --train.epochs 5; `sas-ray config` lists every key with its "
+             "resolved value.")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose ``notes`` (a callable) are appended to the help when shown."""
+
+    notes: Callable[[], str] | None = None
+
+    def format_help(self) -> str:
+        text = super().format_help()
+        return text + "\n" + self.notes() + "\n" if self.notes else text
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="sas-ray", description=__doc__.splitlines()[0],
-        epilog="Config overrides: --section.key VALUE (e.g. --train.epochs 5).")
+        prog="sas-ray", description=__doc__.splitlines()[0], epilog=OVERRIDES)
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (_, help_, args) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_, description=help_)
-        p.add_argument("--config", help="YAML config file")
-        p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-        for flag, kwargs in args:
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, command in COMMANDS.items():
+        reads = f"reads: {command.reads}. " if command.reads else ""
+        p = sub.add_parser(name, help=command.help, description=command.help,
+                           epilog=reads + OVERRIDES)
+        p.notes = command.notes
+        p.add_argument("--config", metavar="FILE", help="YAML config file (see configs/)")
+        p.add_argument("-v", "--verbose", action="store_true",
+                       help="debug logging, and the traceback of an error")
+        for flag, kwargs in command.args:
             p.add_argument(flag, **kwargs)
     return parser
 
@@ -91,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve(target: str) -> Callable[..., None]:
     module, func = target.split(":")
     return getattr(importlib.import_module(module), func)
+
+
+def cli_config(cfg: config_mod.Config, args: argparse.Namespace) -> None:
+    """``sas-ray config [--config FILE] [--section.key VALUE ...]``."""
+    print(config_mod.to_yaml(cfg), end="")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,15 +192,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    command = COMMANDS[args.command]
+    output = getattr(args, "out", None)  # where the command writes, for a full-disk error
     try:
         cfg = config_mod.load(args.config, config_mod.parse_overrides(rest))
-        resolve(COMMANDS[args.command][0])(cfg, args)
-    except SasRayError as err:
-        print(f"sas-ray {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        output = output or cfg.run.storage
+        validate(cfg, command.checks)
+        resolve(command.handler)(cfg, args)
     except KeyboardInterrupt:
         print(f"sas-ray {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # every error is one line; -v adds the traceback
+        if args.verbose:
+            traceback.print_exc()
+        print(f"sas-ray {args.command}: error: {describe(err, output)}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -27,6 +27,8 @@ change. :func:`result_settings` gives a section's other keys, the ones a fingerp
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -43,6 +45,7 @@ class ConfigError(SasRayError):
 
 Arch = Literal["resnet10", "resnet18", "resnet50"]  # sas_ray.core.models.backbones.ARCHS
 LatentMethod = Literal["labels", "few-labels", "kmeans"]
+MethodName = Literal["simclr", "moco", "byol", "simsiam"]  # sas_ray.core.methods.METHODS
 
 
 def setting(default: Any = dataclasses.MISSING, *, factory: Callable[[], Any] | None = None,
@@ -114,10 +117,55 @@ class ModelConfig:
 
 
 @dataclass
+class SimCLRConfig:
+    """SimCLR: NT-Xent over the global batch (reference recipe: temperature 0.5)."""
+
+    temperature: float = setting(0.5, gt=0)
+
+
+@dataclass
+class MoCoConfig:
+    """MoCo v2: a momentum key encoder and a queue of negatives."""
+
+    temperature: float = setting(0.2, gt=0)
+    queue_size: int = setting(4096, ge=1)  # negatives kept (paper: 65536 on ImageNet)
+    tau_base: float = setting(0.99, ge=0, le=1)  # key-encoder momentum at the first step
+    tau_final: float = setting(0.999, ge=0, le=1)  # ... at the last (cosine in between)
+    bn_groups: int = setting(2, ge=1)  # batch-norm groups per worker (shuffle-BN equivalent)
+
+
+@dataclass
+class BYOLConfig:
+    """BYOL: a predictor and a momentum target."""
+
+    tau_base: float = setting(0.99, ge=0, le=1)  # target momentum at the first step
+    tau_final: float = setting(1.0, ge=0, le=1)  # ... at the last (cosine in between)
+    pred_hidden: int | None = setting(None, ge=1)  # None: the projector's hidden width
+
+
+@dataclass
+class SimSiamConfig:
+    """SimSiam: a predictor and a stop-gradient."""
+
+    pred_hidden: int | None = setting(None, ge=1)  # None: model.proj_dim // 4
+
+
+@dataclass
+class MethodConfig:
+    """Each method's own keys (``method.moco.queue_size``); train.method picks the one used."""
+
+    simclr: SimCLRConfig = field(default_factory=SimCLRConfig)
+    moco: MoCoConfig = field(default_factory=MoCoConfig)
+    byol: BYOLConfig = field(default_factory=BYOLConfig)
+    simsiam: SimSiamConfig = field(default_factory=SimSiamConfig)
+
+
+@dataclass
 class TrainConfig:
-    """SimCLR training (reference recipe: Adam 1e-3, wd 1e-6, temperature 0.5, batch 512)."""
+    """Self-supervised training (reference recipe: SimCLR, Adam 1e-3, wd 1e-6, batch 512)."""
 
     epochs: int = setting(3, ge=1)
+    method: MethodName = "simclr"  # its settings: method.<name>.*
     batch_size: int = setting(128, ge=2)
     optimizer: Literal["adam", "sgd", "lars"] = "adam"
     lr: float = setting(1e-3, gt=0)
@@ -258,6 +306,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
@@ -350,15 +399,44 @@ def apply(cfg: Config, updates: dict[str, Any]) -> Config:
         if section_name not in sections:
             raise ConfigError(f"unknown config section '{section_name}' (in '{key}'); "
                               f"sections are: {', '.join(sorted(sections))}")
-        section = getattr(cfg, section_name)
-        fields = {f.name: f for f in dataclasses.fields(section)}
-        if name not in fields:
-            raise ConfigError(f"unknown config key '{key}'; keys of '{section_name}' are: "
-                              f"{', '.join(fields)}")
-        coerced = _coerce(value, _section_types(section)[name], key)
-        _check_bounds(coerced, fields[name].metadata.get("bounds", {}), key)
-        setattr(section, name, coerced)
+        _set_key(getattr(cfg, section_name), section_name, name, value, key)
     return cfg
+
+
+def _method_owners(name: str) -> list[str]:
+    """The methods whose section (``method.<m>``) has the key ``name``."""
+    return [m for m, tp in typing.get_type_hints(MethodConfig).items()
+            if name in {f.name for f in dataclasses.fields(tp)}]
+
+
+def _set_key(section: Any, where: str, name: str, value: Any, key: str) -> None:
+    """Set ``name`` of the dataclass ``section`` (at ``where``; ``name`` dotted below a nested
+    section such as ``method.moco``) to ``value``, coerced and bounds-checked."""
+    head, _, rest = name.partition(".")
+    fields = {f.name: f for f in dataclasses.fields(section)}
+    if head not in fields:
+        owners = [m for m in _method_owners(head) if where != f"method.{m}"]
+        if owners:
+            raise ConfigError(f"config key '{key}' belongs to method {' and '.join(owners)}; "
+                              f"set {' or '.join(f'method.{m}.{head}' for m in owners)}")
+        raise ConfigError(f"unknown config key '{key}'; keys of '{where}' are: "
+                          f"{', '.join(fields)}")
+    current = getattr(section, head)
+    if dataclasses.is_dataclass(current):  # a nested section
+        if rest:
+            _set_key(current, f"{where}.{head}", rest, value, key)
+            return
+        if not isinstance(value, dict):
+            raise ConfigError(f"config section '{where}.{head}' must be a mapping of keys, "
+                              f"got {value!r}")
+        for sub, v in value.items():
+            _set_key(current, f"{where}.{head}", str(sub), v, f"{key}.{sub}")
+        return
+    if rest:
+        raise ConfigError(f"unknown config key '{key}'; '{where}.{head}' is a key, not a section")
+    coerced = _coerce(value, _section_types(section)[head], key)
+    _check_bounds(coerced, fields[head].metadata.get("bounds", {}), key)
+    setattr(section, head, coerced)
 
 
 def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
@@ -412,9 +490,58 @@ def parse_overrides(argv: list[str]) -> dict[str, Any]:
                 raise ConfigError(f"config override {arg} needs a value")
             i += 1
             value = argv[i]
-        out[key] = value if "," in value else yaml.safe_load(value)
+        try:
+            out[key] = value if "," in value else yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"config override --{key}: cannot read {value!r}; quote it or "
+                              "fix the brackets") from None
         i += 1
     return out
+
+
+def _key_notes(cls: type) -> dict[str, str]:
+    """The comment of every field in the source of the dataclass ``cls``: the one after the
+    field on its line, else the comment lines right above it."""
+    notes: dict[str, str] = {}
+    above: list[str] = []
+    for line in inspect.getsource(cls).splitlines():
+        text = line.strip()
+        if text.startswith("#"):
+            above.append(text.lstrip("# "))
+            continue
+        match = re.match(r"(\w+): [^#]+?(?:  # (.*))?$", text)
+        if match:
+            notes[match[1]] = match[2] or " ".join(above)
+        above = []
+    return notes
+
+
+def _yaml_lines(section: Any, indent: int) -> list[str]:
+    import yaml
+
+    notes = _key_notes(type(section))
+    pad = "  " * indent
+    lines = []
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            lines += [f"{pad}{f.name}:", *_yaml_lines(value, indent + 1)]
+            continue
+        text = yaml.safe_dump([value], default_flow_style=True, width=10**6).strip()[1:-1]
+        note = f"  # {notes[f.name]}" if notes.get(f.name) else ""
+        lines.append(f"{pad}{f.name}: {text}{note}")
+    return lines
+
+
+def to_yaml(cfg: Config) -> str:
+    """The whole config as YAML that :func:`load` reads back: every section headed by its
+    docstring's first line, every key with its comment from this module."""
+    blocks = []
+    for f in dataclasses.fields(cfg):
+        section = getattr(cfg, f.name)
+        doc = (type(section).__doc__ or "").strip().splitlines()[0]
+        blocks.append("\n".join([f"# {doc}", f"{f.name}:", *_yaml_lines(section, 1)]))
+    return "\n\n".join(blocks) + "\n"
 
 
 def from_dict(data: dict[str, Any]) -> Config:

@@ -91,12 +91,17 @@ def rank(cfg: Config, embeddings_uri: str, partition_uri: str, strategy: str, ou
 
 
 def cli_select(cfg: Config, args: argparse.Namespace) -> None:
-    """``sas-ray select --embeddings DIR --partition DIR --strategy NAME --out DIR``."""
-    meta = rank(cfg, args.embeddings, args.partition, args.strategy, args.out,
-                args.fraction)["meta"]
-    kind = "nested" if meta["nested"] else f"for fraction {meta['fraction']}"
-    print(f"ranking: {meta['strategy']} ({kind}) of {meta['num_rows']:,} rows in "
-          f"{len(meta['sizes'])} latent classes in {meta['seconds']} s -> {args.out}")
+    """``sas-ray select --embeddings DIR --partition DIR --out DIR``: every strategy of
+    ``select.strategies`` at ``OUT/<strategy>``, a non-nested one for every fraction of
+    ``sweep.fractions`` at ``OUT/<strategy>/f<fraction>`` (the pipeline's rankings/ layout)."""
+    for strategy in dict.fromkeys(cfg.select.strategies):
+        nested = is_nested(strategy, cfg.select)
+        for fraction in [None] if nested else sorted(set(cfg.sweep.fractions)):
+            out = storage.join(args.out, strategy, *([] if nested else [f"f{fraction:.4g}"]))
+            meta = rank(cfg, args.embeddings, args.partition, strategy, out, fraction)["meta"]
+            kind = "nested" if meta["nested"] else f"for fraction {meta['fraction']}"
+            print(f"ranking: {meta['strategy']} ({kind}) of {meta['num_rows']:,} rows in "
+                  f"{len(meta['sizes'])} latent classes in {meta['seconds']} s -> {out}")
 
 
 def cli_subset_info(cfg: Config, args: argparse.Namespace) -> None:

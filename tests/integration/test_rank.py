@@ -139,23 +139,22 @@ def test_double_greedy_ranking_is_for_one_fraction(stage_inputs, ray_session,
 def test_cli_latent_select_subset_info(stage_inputs, ray_session, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     emb, _, _ = stage_inputs
-    part, sas, rnd = (str(tmp_path / p) for p in ("part", "sas", "random"))
+    part, rankings = str(tmp_path / "part"), tmp_path / "rankings"
+    sas, rnd = str(rankings / "sas"), str(rankings / "random")
     assert main(["latent", "--embeddings", emb, "--out", part, "--latent.method",
                  "few-labels", "--latent.label_fraction", "0.05"]) == 0
     assert "by few-labels, purity" in capsys.readouterr().out
-    assert main(["select", "--embeddings", emb, "--partition", part, "--strategy", "sas",
-                 "--out", sas]) == 0
-    assert main(["select", "--embeddings", emb, "--partition", part, "--strategy", "random",
-                 "--out", rnd]) == 0
-    capsys.readouterr()
+    assert main(["select", "--embeddings", emb, "--partition", part, "--select.strategies",
+                 "sas,random", "--out", str(rankings)]) == 0
+    assert capsys.readouterr().out.count("ranking: ") == 2
     assert main(["subset-info", sas, "--fraction", "0.5", "--compare", rnd]) == 0
     out = capsys.readouterr().out
     assert "subset at fraction 0.5: 96 rows" in out
     both = len(set(subset_ids(sas, 0.5).tolist()) & set(subset_ids(rnd, 0.5).tolist()))
     assert f"{both:,} rows, Jaccard {both / (192 - both):.3f}" in out
     bad = str(tmp_path / "bad")
-    assert main(["select", "--embeddings", emb, "--partition", part, "--strategy", "sass",
-                 "--out", bad]) == 2
+    assert main(["select", "--embeddings", emb, "--partition", part, "--select.strategies",
+                 "sass", "--out", bad]) == 2
     assert main(["subset-info", sas]) == 2
     assert "pass --fraction" in capsys.readouterr().err
     assert not Path(bad).exists()

@@ -53,6 +53,23 @@ SELECTORS: dict[str, Selector] = {
 
 NEEDS_LABELS = frozenset({"forgetting-least", "forgetting-most", "el2n-easy", "el2n-hard"})
 
+# one line per strategy (``sas-ray select --help``)
+DESCRIPTIONS: dict[str, str] = {
+    "sas": "SAS: greedy submodular coverage of each latent class (nested; "
+           "select.double_greedy: per fraction)",
+    "sas-reference": "SAS as the reference code ranks it, per latent class (nested)",
+    "random": "uniform random order of all rows",
+    "random-balanced": "uniform random order within each latent class, class-proportional",
+    "prototypes-easy": "rows closest to their class's k-means prototypes first",
+    "prototypes-hard": "rows farthest from their class's k-means prototypes first",
+    "kcenter": "greedy k-center (farthest point) order within each latent class",
+    "semdedup": "SemDeDup: least duplicated rows first within each latent class",
+    "forgetting-least": "fewest forgetting events of a head trained on embeddings (needs labels)",
+    "forgetting-most": "most forgetting events of a head trained on embeddings (needs labels)",
+    "el2n-easy": "lowest EL2N of a briefly trained head first (needs labels)",
+    "el2n-hard": "highest EL2N of a briefly trained head first (needs labels)",
+}
+
 
 def get_selector(name: str) -> Selector:
     """The selector called ``name``; a clear error listing the names otherwise."""
