@@ -63,7 +63,7 @@ from sas_ray.core.embedding import mean_view_embeddings
 from sas_ray.core.evaluation import evaluate_encoder
 from sas_ray.core.models.backbones import build_backbone
 from sas_ray.core.models.checkpoint import load_encoder, save_encoder
-from sas_ray.core.models.heads import SimCLR, build_model
+from sas_ray.core.models.heads import Encoder, build_model
 from sas_ray.core.models.optim import build_optimizer
 from sas_ray.core.selection.latent import latent_classes
 from sas_ray.core.selection.ranking import Ranking
@@ -236,7 +236,7 @@ def index_batches(n: int, batch_size: int, generator: torch.Generator) -> list[t
 
 
 def train_simclr(images: torch.Tensor, arch: str, width: float, scale: Scale, epochs: int,
-                 seed: int, device: torch.device, what: str) -> tuple[SimCLR, list[dict]]:
+                 seed: int, device: torch.device, what: str) -> tuple[Encoder, list[dict]]:
     """SimCLR (reference recipe: Adam, constant lr, NT-Xent) on uint8 ``images (n, 3, H, W)``
     (already on ``device``) for ``epochs`` epochs; returns the model and per-epoch stats."""
     n = images.shape[0]
@@ -298,7 +298,7 @@ class Stages:
         self.timings[name] = round(time.perf_counter() - start, 2)
         return value
 
-    def proxy(self) -> SimCLR:
+    def proxy(self) -> Encoder:
         path = self.cache / f"proxy-{self.proxy_fp}.pt"
         if path.exists():
             return load_encoder(str(path)).to(self.device)

@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 
 from sas_ray.core.data.augment import SimCLRAugment
-from sas_ray.core.models.heads import SimCLR
+from sas_ray.core.models.heads import Encoder
 
 
 @torch.inference_mode()
-def mean_view_embeddings(model: SimCLR, images: torch.Tensor, augment: SimCLRAugment,
+def mean_view_embeddings(model: Encoder, images: torch.Tensor, augment: SimCLRAugment,
                          views: int, feature: str,
                          generators: list[torch.Generator] | None = None) -> torch.Tensor:
     """``e(x)`` (module docstring) of uint8 ``images (N, 3, H, W)`` -> float32 ``(N, d)``.
@@ -44,7 +44,7 @@ def mean_view_embeddings(model: SimCLR, images: torch.Tensor, augment: SimCLRAug
     return F.normalize(z, dim=1).view(m, n, -1).mean(0)
 
 
-def encoder_fingerprint(model: SimCLR) -> str:
+def encoder_fingerprint(model: Encoder) -> str:
     """A short hash of an encoder's architecture spec and weights (independent of file format)."""
     h = hashlib.sha256(json.dumps(model.spec, sort_keys=True).encode())
     for name, tensor in sorted(model.state_dict().items()):

@@ -26,12 +26,12 @@ import torch.nn.functional as F
 
 from sas_ray.config import EvalConfig
 from sas_ray.core.data.augment import SimCLRAugment, to_nchw
-from sas_ray.core.models.heads import Feature, SimCLR
+from sas_ray.core.models.heads import Encoder, Feature
 from sas_ray.errors import SasRayError
 
 
 @torch.no_grad()
-def extract_features(model: SimCLR, images: np.ndarray, batch_size: int = 512,
+def extract_features(model: Encoder, images: np.ndarray, batch_size: int = 512,
                      feature: Feature = "backbone", device: torch.device | None = None
                      ) -> torch.Tensor:
     """Features ``(N, d)`` float32 (CPU) of uint8 images ``(N, H, W, 3)``, model in eval mode.
@@ -170,7 +170,7 @@ def _labels(labels: np.ndarray, what: str) -> torch.Tensor:
     return torch.from_numpy(y.astype(np.int64))
 
 
-def evaluate_encoder(model: SimCLR, train_images: np.ndarray, train_labels: np.ndarray,
+def evaluate_encoder(model: Encoder, train_images: np.ndarray, train_labels: np.ndarray,
                      test_images: np.ndarray, test_labels: np.ndarray, cfg: EvalConfig,
                      seed: int = 0, device: torch.device | None = None) -> dict[str, Any]:
     """Linear-probe and kNN test accuracy (%) of ``model``'s frozen backbone features.

@@ -112,3 +112,19 @@ def test_per_image_generators_make_views_independent_of_the_batch() -> None:
     torch.testing.assert_close(batch[:, 1:2], alone)
     with pytest.raises(ValueError, match="2 generators for 3 images"):
         aug(x, gens(1, 2))
+
+
+def test_solarize_inverts_the_bright_pixels_only() -> None:
+    x = images()
+    base = dict(scale=(1.0, 1.0), ratio=(1, 1), flip_p=0, jitter_p=0, gray_p=0)
+    raw = x.float() / 255
+    solarized = torch.where(raw >= 0.5, 1 - raw, raw)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    got = SimCLRAugment(size=32, solarize_p=1.0, **base)(x)
+    torch.testing.assert_close(got, (solarized - mean) / std, atol=1e-5, rtol=0)
+    half = SimCLRAugment(size=32, solarize_p=0.5, **base)(images(64), torch.Generator()
+                                                           .manual_seed(0))
+    changed = (half - normalised(images(64))).abs().flatten(1).amax(1) > 1e-3
+    assert 16 < changed.sum() < 48  # about half the images are solarized
+

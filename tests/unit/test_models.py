@@ -1,4 +1,4 @@
-"""Backbones, projection head, optimisers (LARS exclusions) and encoder checkpoints."""
+"""Backbones, heads from blocks, optimisers (LARS exclusions) and encoder checkpoints."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from sas_ray.config import Config, TrainConfig
 from sas_ray.core.models import build_model, model_from_config
 from sas_ray.core.models.backbones import build_backbone
 from sas_ray.core.models.checkpoint import load_encoder, save_encoder
-from sas_ray.core.models.heads import ProjectionHead
+from sas_ray.core.models.heads import ProjectionHead, encoder_from_spec, mlp
 from sas_ray.core.models.optim import LARS, build_optimizer, lr_factor, param_groups
 from sas_ray.errors import SasRayError
 
@@ -53,14 +53,25 @@ def test_unknown_arch_is_a_clear_error() -> None:
 
 
 def test_projection_head_layout_and_output() -> None:
-    head = ProjectionHead(64, 32, 16)
+    head = ProjectionHead(mlp([64, 32, 16], "bn", "bn-plain"))  # the SimCLR head
     kinds = [type(m) for m in head]
     assert kinds == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear, nn.BatchNorm1d]
     assert not head[4].affine and head[1].affine
+    assert head[0].bias is None and head[3].bias is None  # a batch norm follows each
     z = head.train()(torch.randn(8, 64))
     assert z.shape == (8, 16)
     # the affine-free final BN standardises each output dimension over the batch
     torch.testing.assert_close(z.mean(0), torch.zeros(16), atol=1e-5, rtol=0)
+
+
+def test_heads_from_blocks() -> None:
+    assert mlp([8, 6, 6, 4], "bn", "none") == [(8, 6, "bn", True), (6, 6, "bn", True),
+                                               (6, 4, "none", False)]
+    moco = ProjectionHead(mlp([8, 6, 4], "none", "none"))  # Linear - ReLU - Linear, biases
+    assert [type(m) for m in moco] == [nn.Linear, nn.ReLU, nn.Linear]
+    assert moco[0].bias is not None and moco[2].bias is not None
+    with pytest.raises(SasRayError, match="bn, bn-plain or none"):
+        ProjectionHead([(4, 4, "ln", False)])  # type: ignore[list-item]
 
 
 def test_simclr_model_embed_features() -> None:
@@ -70,7 +81,11 @@ def test_simclr_model_embed_features() -> None:
     x = torch.randn(3, 3, 32, 32)
     assert model.embed(x, "backbone").shape == (3, 128)
     assert model.embed(x, "projection").shape == (3, 32)
-    assert model.spec["stem"] == "cifar" and model.spec["proj_hidden"] == 128
+    assert model.spec["stem"] == "cifar"
+    assert model.spec["head"] == [[128, 128, "bn", True], [128, 32, "bn-plain", False]]
+    rebuilt = encoder_from_spec(model.spec)
+    assert rebuilt.spec == model.spec
+    assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in model.parameters()]
     with pytest.raises(SasRayError, match="projection"):
         model.embed(x, "logits")  # type: ignore[arg-type]
 
@@ -134,6 +149,18 @@ def test_checkpoint_roundtrip(tmp_path) -> None:
         x = torch.randn(2, 3, 32, 32)
         torch.testing.assert_close(loaded(x), model(x))
     assert [p.name for p in (tmp_path / "enc").iterdir()] == ["encoder.pt"]  # no temp files
+
+
+def test_version_1_checkpoints_still_load(tmp_path) -> None:
+    """Files written before the method registry: SimCLR spec, the encoder's weights alone."""
+    model = build_model("resnet10", width=0.25, proj_dim=16).eval()
+    spec = {"arch": "resnet10", "width": 0.25, "stem": "cifar", "proj_hidden": 128,
+            "proj_dim": 16, "image_size": 32}
+    torch.save({"format": "sas-ray-encoder", "version": 1, "spec": spec,
+                "state_dict": model.state_dict(), "config": None, "meta": {}},
+               tmp_path / "old.pt")
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(load_encoder(str(tmp_path / "old.pt"))(x), model(x))
 
 
 def test_torchvision_weights_load_into_the_backbone(tmp_path) -> None:

@@ -5,7 +5,11 @@ The recipe (Chen et al. 2020, as used by the SAS reference code), applied to eac
     RandomResizedCrop(size, scale=(0.08, 1), ratio=(3/4, 4/3)) -> horizontal flip (p=0.5)
     -> ColorJitter(0.4, 0.4, 0.4, 0.1) in a random order (p=0.8) -> grayscale (p=0.2)
     -> Gaussian blur, kernel ~10% of the side, sigma in [0.1, 2] (p=0.5; only if ``blur``)
+    -> solarize: x -> 1 - x where x >= 0.5, x in [0, 1] (p=``solarize_p``, 0 by default)
     -> float, normalise with the ImageNet mean/std
+
+Every probability and range is a field, so a method can give each of its views its own
+parameters (BYOL's asymmetric views: blur p=1 / 0.1, solarize p=0 / 0.2).
 
 ``torchvision.transforms.v2`` draws one set of parameters per call, so applied to a batched
 tensor every image would get the same crop and colours. Here the parameters are drawn per
@@ -104,6 +108,8 @@ class SimCLRAugment:
     blur: bool | None = None
     blur_p: float = 0.5
     blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_p: float = 0.0
+    solarize_threshold: float = 0.5
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
@@ -155,6 +161,9 @@ class SimCLRAugment:
         x = torch.where(gray.view(-1, 1, 1, 1), _gray(x).expand_as(x), x)
         if self.blur if self.blur is not None else self.size >= 64:
             x = self._blur(x, rand)
+        if self.solarize_p > 0:  # no draw otherwise: the SimCLR views stay as they were
+            solarize = (rand(n) < self.solarize_p).view(-1, 1, 1, 1)
+            x = torch.where(solarize & (x >= self.solarize_threshold), 1 - x, x)
         return self._normalise(x)
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:

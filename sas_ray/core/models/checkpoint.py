@@ -1,18 +1,27 @@
-"""Encoder checkpoints: one file holding the architecture, the weights and the config.
+"""Checkpoints: one file holding the method, the architecture, the weights and the config.
 
-``save_encoder(path, model, cfg)`` writes ``{"format": "sas-ray-encoder", "spec": model.spec,
-"state_dict": ..., "config": cfg.to_dict(), "meta": ...}`` (spec: arch, width, stem,
-proj_hidden, proj_dim, image_size) with ``torch.save``, atomically: a reader never sees
-half a file. ``load_encoder(path)`` accepts
+``save_encoder(path, model, cfg)`` writes, with ``torch.save`` and atomically (a reader never
+sees half a file)::
 
-- that file (local path or ``s3://`` URI),
+    {"format": "sas-ray-encoder", "version": 2,
+     "spec": the encoder's spec (arch, width, stem, image_size, head blocks),
+     "method": the method's spec ({"name", "params"}), or None for a bare encoder,
+     "state_dict": the method's weights and buffers (momentum encoder, queue, predictor;
+                   the encoder's under "encoder."), "config": cfg.to_dict(), "meta": ...}
+
+``model`` is a :class:`~sas_ray.core.methods.base.Method` (possibly DDP-wrapped) or a bare
+:class:`~sas_ray.core.models.heads.Encoder`. ``load_encoder(path)`` accepts
+
+- that file (local path or ``s3://`` URI) of any method, or a version-1 file (SimCLR only,
+  spec with proj_hidden/proj_dim, the encoder's weights unprefixed),
 - a directory holding it as ``encoder.pt`` (a Ray Train checkpoint or a run directory),
 - a torchvision ResNet state dict (e.g. ``resnet18-f37072fd.pth``): the backbone gets the
   weights with the ImageNet stem; the projection head is freshly initialised, so use
   ``feature="backbone"`` with such an encoder.
 
-and returns the :class:`~sas_ray.core.models.heads.SimCLR` model on the CPU in eval mode.
-Only tensors and plain containers are unpickled (``torch.load(weights_only=True)``).
+and returns the :class:`~sas_ray.core.models.heads.Encoder` on the CPU in eval mode (the whole
+method: :func:`sas_ray.core.methods.load_method`). Only tensors and plain containers are
+unpickled (``torch.load(weights_only=True)``).
 """
 
 from __future__ import annotations
@@ -27,18 +36,18 @@ from torch import nn
 
 from sas_ray.config import Config
 from sas_ray.core.models.backbones import ARCHS
-from sas_ray.core.models.heads import SimCLR, build_model
+from sas_ray.core.models.heads import Encoder, build_model, encoder_from_spec
 from sas_ray.errors import SasRayError
 
 ENCODER_FILE = "encoder.pt"
 FORMAT = "sas-ray-encoder"
 
 
-def _unwrap(model: nn.Module) -> SimCLR:
-    """The SimCLR model inside a DDP wrapper (or the model itself)."""
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The method or encoder inside a DDP wrapper (or the model itself)."""
     inner = getattr(model, "module", model)
-    if not isinstance(inner, SimCLR):
-        raise TypeError(f"expected a SimCLR model, got {type(inner).__name__}")
+    if not isinstance(getattr(inner, "encoder", inner), Encoder):
+        raise TypeError(f"expected a method or an Encoder, got {type(inner).__name__}")
     return inner
 
 
@@ -46,11 +55,14 @@ def encoder_payload(model: nn.Module, cfg: Config | None = None,
                     meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """What :func:`save_encoder` writes, as a dict (weights copied to the CPU)."""
     inner = _unwrap(model)
+    bare = isinstance(inner, Encoder)
+    state = inner.state_dict(prefix="encoder." if bare else "")
     return {
         "format": FORMAT,
-        "version": 1,
-        "spec": dict(inner.spec),
-        "state_dict": {k: v.detach().cpu() for k, v in inner.state_dict().items()},
+        "version": 2,
+        "spec": dict(inner.spec if bare else inner.encoder.spec),
+        "method": None if bare else inner.spec,
+        "state_dict": {k: v.detach().cpu() for k, v in state.items()},
         "config": cfg.to_dict() if cfg is not None else None,
         "meta": meta or {},
     }
@@ -58,7 +70,7 @@ def encoder_payload(model: nn.Module, cfg: Config | None = None,
 
 def save_encoder(path: str, model: nn.Module, cfg: Config | None = None,
                  meta: dict[str, Any] | None = None) -> None:
-    """Write ``model`` (a SimCLR model, possibly DDP-wrapped) to ``path`` atomically."""
+    """Write ``model`` (a method, possibly DDP-wrapped, or an encoder) to ``path`` atomically."""
     buf = io.BytesIO()
     torch.save(encoder_payload(model, cfg, meta), buf)
     data = buf.getvalue()
@@ -109,7 +121,7 @@ def _torchvision_arch(state: dict[str, torch.Tensor]) -> str:
                       f"{', '.join(ARCHS)}; pass weights of one of those ResNets")
 
 
-def _from_torchvision(state: dict[str, torch.Tensor], arch: str | None) -> SimCLR:
+def _from_torchvision(state: dict[str, torch.Tensor], arch: str | None) -> Encoder:
     arch = arch or _torchvision_arch(state)
     model = build_model(arch, width=1.0, stem="imagenet", image_size=224)
     backbone_state = {k: v for k, v in state.items() if not k.startswith("fc.")}
@@ -120,26 +132,50 @@ def _from_torchvision(state: dict[str, torch.Tensor], arch: str | None) -> SimCL
     return model
 
 
-def load_encoder(path: str, arch: str | None = None) -> SimCLR:
-    """The SimCLR model stored at ``path`` (see the module docstring), CPU, eval mode.
-
-    ``arch`` names the ResNet of a torchvision weights file when it cannot be inferred.
-    """
+def read_checkpoint(path: str) -> Any:
+    """The unpickled contents of the file at ``path`` (module docstring), any format."""
     data = _read(path)
     try:
-        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:
         raise SasRayError(f"checkpoint {path} is not a readable PyTorch file "
                           f"({type(err).__name__}); pass a sas-ray checkpoint or torchvision "
                           "weights, or retrain") from err
-    if isinstance(payload, dict) and payload.get("format") == FORMAT:
-        spec = payload["spec"]
-        model = build_model(**spec)
-        try:
-            model.load_state_dict(payload["state_dict"])
-        except RuntimeError as err:
-            raise SasRayError(f"checkpoint {path} has weights that do not match its "
-                              f"architecture {spec}; the file is damaged, retrain") from err
+
+
+def is_sas_ray(payload: Any) -> bool:
+    return isinstance(payload, dict) and payload.get("format") == FORMAT
+
+
+def _encoder_weights(payload: dict[str, Any]) -> tuple[Encoder, dict[str, torch.Tensor]]:
+    """A fresh encoder of a sas-ray payload's spec and its weights (unprefixed)."""
+    spec = payload["spec"]
+    if payload.get("version", 1) == 1:  # SimCLR, weights of the encoder alone
+        return build_model(**spec), payload["state_dict"]
+    prefix = "encoder."
+    return encoder_from_spec(spec), {k[len(prefix):]: v for k, v in
+                                     payload["state_dict"].items() if k.startswith(prefix)}
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], path: str,
+               spec: dict[str, Any]) -> None:
+    """``model.load_state_dict(state)``, a damaged file as a clear error."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise SasRayError(f"checkpoint {path} has weights that do not match its "
+                          f"architecture {spec}; the file is damaged, retrain") from err
+
+
+def load_encoder(path: str, arch: str | None = None) -> Encoder:
+    """The encoder stored at ``path`` (see the module docstring), CPU, eval mode.
+
+    ``arch`` names the ResNet of a torchvision weights file when it cannot be inferred.
+    """
+    payload = read_checkpoint(path)
+    if is_sas_ray(payload):
+        model, state = _encoder_weights(payload)
+        load_state(model, state, path, payload["spec"])
     elif isinstance(payload, dict) and payload and all(
             isinstance(v, torch.Tensor) for v in payload.values()):
         model = _from_torchvision(payload, arch)

@@ -1,4 +1,7 @@
-"""NT-Xent, the normalised-temperature cross-entropy of SimCLR, across processes.
+"""The SSL losses: NT-Xent (SimCLR) across processes, MoCo's InfoNCE against a queue, and
+the cosine losses of BYOL and SimSiam.
+
+NT-Xent, the normalised-temperature cross-entropy of SimCLR:
 
 For a global batch of ``N`` images with two views each, let ``u_1..u_2N`` be the unit-
 normalised projections (views 1 of all images, then views 2), ``s_ij = u_i · u_j / t``, and
@@ -83,3 +86,40 @@ def ntxent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5,
     positive = torch.cat([own + big_n, own])
     logits[torch.arange(2 * n, device=z1.device), self_index] = float("-inf")
     return F.cross_entropy(logits, positive)
+
+
+def all_gather(x: torch.Tensor) -> torch.Tensor:
+    """All processes' ``x`` (each ``(n, ...)``, equal shapes) concatenated in rank order, no
+    gradient (e.g. MoCo's keys, to enqueue on every process); ``x`` itself with one process."""
+    _, world = _world()
+    if world == 1:
+        return x.detach()
+    parts = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(parts, x.detach().contiguous())
+    return torch.cat(parts)
+
+
+def moco_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor,
+              temperature: float = 0.2) -> torch.Tensor:
+    """InfoNCE of MoCo: queries ``q`` and their keys ``k`` (each ``(n, d)``), negatives the
+    ``(K, d)`` queue; all three unit-normalised. The mean over the ``n`` queries of::
+
+        l_i = -log( exp(q_i . k_i / t) / (exp(q_i . k_i / t) + sum_j exp(q_i . queue_j / t)) )
+
+    Per query, so with the same queue on every process the mean over processes (DDP) is the
+    loss of the global batch. Computed in float32.
+    """
+    q, k, queue = q.float(), k.float(), queue.float()
+    logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue.T], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
+
+
+def normalised_mse(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """BYOL's regression loss, the mean over rows of ``||p_i/|p_i| - z_i/|z_i|||^2 =
+    2 - 2 cos(p_i, z_i)`` for ``(n, d)`` predictions ``p`` and (detached) targets ``z``."""
+    return (2 - 2 * F.cosine_similarity(p.float(), z.detach().float(), dim=1)).mean()
+
+
+def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """SimSiam's ``D(p, stopgrad(z))``: the mean over rows of ``-cos(p_i, z_i)``."""
+    return -F.cosine_similarity(p.float(), z.detach().float(), dim=1).mean()
