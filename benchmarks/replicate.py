@@ -253,8 +253,11 @@ def train_simclr(images: torch.Tensor, arch: str, width: float, scale: Scale, ep
     history = []
     for epoch in range(epochs):
         batches = (images[idx.to(device)] for idx in index_batches(n, batch_size, generator))
-        stats = train_epoch(model, batches, augment, optimizer, scheduler, scale.temperature,
-                            precision, generator)
+        stats = fit(model, lambda _, b=batches: b,
+                    simclr_step(augment, optimizer, scale.temperature, precision), optimizer,
+                    scheduler, range(epoch, epoch + 1), seed=seed, device=device).history[-1]
+        stats = {k: stats[k] for k in ("loss", "images", "images_per_s", "seconds", "steps",
+                                       "lr")}
         if not math.isfinite(stats["loss"]):
             raise SasRayError(f"{what}: SimCLR loss is {stats['loss']} at epoch {epoch}; lower "
                               "the learning rate (Scale.lr) or check the data")

@@ -27,6 +27,21 @@ from sas_ray.core.selection.ranking import ClassMap
 
 # One block of planned ingest rows -> one row of per-shard stats (see stages.ingest).
 BlockFn = Callable[[pa.Table], pa.Table]
+# A batch class: ``cls(**fn_kwargs, threads=t, device=d)`` is built once per worker (torch
+# threads and "cpu" | "cuda" chosen by the executor); the instance maps a table of shard rows
+# to a table of output rows (see stages.embed.EmbedBatch). It must be picklable (Ray ships it
+# to actors).
+BatchClass = Callable[..., Callable[[pa.Table], pa.Table]]
+ROWS_PER_FILE = 8192  # map_batches writes Parquet files of about this many rows
+
+
+@dataclass(frozen=True)
+class Workers:
+    """How many copies of a batch class run at once, and what each gets."""
+
+    count: int = 1  # Ray: actors (at most one per GPU on a GPU cluster); local: one, in-process
+    cpus: float | None = None  # Ray: CPUs per actor; None: the cluster's CPUs but one, shared
+    threads: int | None = None  # torch threads each; None: floor(cpus) (local: every core)
 # One sweep trial: its JSON parameters -> its flat metrics (see stages.sweep.run_trial); it
 # must be picklable (the Ray executor ships it to Tune trials).
 TrialFn = Callable[[dict[str, Any]], dict[str, Any]]
@@ -50,6 +65,17 @@ class Executor(Protocol):
     def map_blocks(self, fn: BlockFn, blocks: Iterable[pa.Table]) -> Iterable[dict[str, Any]]:
         """Apply ``fn`` to every block (in any order, in parallel where possible); yield the
         rows of the returned stats tables."""
+        ...
+
+    def map_batches(self, fn: BatchClass, fn_kwargs: dict[str, Any], data: str, split: str,
+                    columns: list[str], batch_size: int, out_dir: str,
+                    workers: Workers) -> dict[str, Any]:
+        """Stream the ``split`` rows (``columns``) of the shards at ``data`` through ``fn``,
+        in the batches of :func:`sas_ray.io.shards.plan_batches` (at most ``batch_size``
+        rows, the same on every executor), and write the output tables as Parquet files
+        (about :data:`ROWS_PER_FILE` rows each, rows in no particular order) under
+        ``out_dir``. The device is a GPU where there is one. Returns ``{"workers",
+        "threads", "device"}`` as used."""
         ...
 
     def class_map(self, num_workers: int) -> ClassMap:

@@ -20,18 +20,21 @@ Rows are in id order within a shard. The manifest's ``meta`` (written by
     skipped_corrupt  {"count": n, "examples": [names]}  (data.on_corrupt=skip)
     ignored_files    {"count": n, "examples": [names]}  (non-image files in the source)
 
-Readers read only the files the manifest lists, and check the schema first.
+Readers read only the files the manifest lists, and check the schema first. Nothing here
+imports Ray (the Ray Data reader is :func:`sas_ray.executors.ray.data.read_dataset`).
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from sas_ray.config import Config
@@ -86,14 +89,15 @@ def _filter(split: str | None, ids: Iterable[int] | None) -> pads.Expression | N
     return expr
 
 
-def _check_columns(columns: list[str] | None) -> None:
+def check_columns(columns: list[str] | None) -> None:
+    """Raise when ``columns`` names a column the shard schema does not have."""
     unknown = [c for c in columns or [] if c not in SCHEMA.names]
     if unknown:
         raise SasRayError(f"unknown shard column(s) {', '.join(unknown)}; columns are "
                           f"{', '.join(SCHEMA.names)}")
 
 
-def _dataset(uri: str) -> tuple[pads.Dataset, list[str], dict[str, Any]]:
+def open_dataset(uri: str) -> tuple[pads.Dataset, list[str], dict[str, Any]]:
     """A pyarrow dataset over the Parquet files the manifest lists (schema checked), those
     files' in-filesystem paths, and the manifest."""
     manifest = storage.require_manifest(uri, STAGE)
@@ -109,8 +113,8 @@ def _dataset(uri: str) -> tuple[pads.Dataset, list[str], dict[str, Any]]:
 def read_table(uri: str, split: str | None = None, columns: list[str] | None = None,
                ids: Iterable[int] | None = None) -> pa.Table:
     """The shards at ``uri`` as one Arrow table (no Ray), optionally one split / an id set."""
-    _check_columns(columns)
-    dataset, _, _ = _dataset(uri)
+    check_columns(columns)
+    dataset, _, _ = open_dataset(uri)
     with storage.s3_errors(uri):
         try:
             return dataset.to_table(columns=columns, filter=_filter(split, ids))
@@ -119,7 +123,7 @@ def read_table(uri: str, split: str | None = None, columns: list[str] | None = N
                               "`sas-ray ingest`") from err
 
 
-def read_shard_files(batch: pa.Table, filesystem: pa.fs.FileSystem, columns: list[str] | None,
+def read_shard_files(batch: pa.Table, filesystem: pafs.FileSystem, columns: list[str] | None,
                      split: str | None, ids: np.ndarray | None) -> pa.Table:
     """Read the shard files named in ``batch["path"]``, filtered (a Ray Data map function)."""
     expr = _filter(split, ids)
@@ -128,32 +132,58 @@ def read_shard_files(batch: pa.Table, filesystem: pa.fs.FileSystem, columns: lis
     return pa.concat_tables(tables)
 
 
-def read_dataset(uri: str, split: str | None = None, ids: Iterable[int] | None = None,
-                 columns: list[str] | None = None) -> Any:
-    """The shards at ``uri`` as a ``ray.data.Dataset`` (local or ``s3://``): one read task
-    per shard file listed in the manifest, with the split / id-set filter evaluated by
-    pyarrow inside the task (row groups whose statistics exclude them are skipped).
+@dataclass(frozen=True)
+class ShardBatch:
+    """One planned batch: the ``rows`` rows of one split in one shard file whose ids lie in
+    ``first_id..last_id`` (consecutive ids of that split in that file)."""
 
-    (``ray.data.read_parquet`` would work too, but in Ray 2.60 each call pays a fixed cost of
-    seconds (tens of seconds on a loaded machine) for listing and footer indexing, which the
-    manifest makes unnecessary.)
+    path: str  # the shard file, in its filesystem
+    first_id: int
+    last_id: int
+    rows: int
+
+
+def plan_batches(uri: str, split: str, batch_size: int
+                 ) -> tuple[pafs.FileSystem, list[ShardBatch]]:
+    """Cut the ``split`` rows of every shard file at ``uri`` into batches of ``batch_size``
+    consecutive ids (the last of each file smaller); returns the shards' filesystem and the
+    batches in file order. Reads only the ``id`` and ``split`` columns.
+
+    Every executor maps over exactly these batches, so a batch function sees the same rows
+    together whichever executor (and however many workers) runs it: float results that depend
+    on the batch composition (a convolution's algorithm can) are then identical too.
     """
-    import ray.data
+    dataset, paths, _ = open_dataset(uri)
+    batches = []
+    with storage.s3_errors(uri):
+        for path in paths:
+            ids = np.sort(pads.dataset(path, format="parquet", filesystem=dataset.filesystem)
+                          .to_table(columns=["id"], filter=_filter(split, None))["id"]
+                          .to_numpy())
+            for start in range(0, ids.size, batch_size):
+                chunk = ids[start:start + batch_size]
+                batches.append(ShardBatch(path, int(chunk[0]), int(chunk[-1]), int(chunk.size)))
+    return dataset.filesystem, batches
 
-    _check_columns(columns)
-    dataset, paths, _ = _dataset(uri)
-    ids_array = None if ids is None else _id_array(ids)
-    if not paths:
-        return ray.data.from_arrow(SCHEMA.empty_table().select(columns or SCHEMA.names))
-    files = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=len(paths))
-    return files.map_batches(read_shard_files, batch_size=1, batch_format="pyarrow",
-                             fn_kwargs={"filesystem": dataset.filesystem, "columns": columns,
-                                        "split": split, "ids": ids_array})
+
+def read_batch(batch: ShardBatch, filesystem: pafs.FileSystem, split: str,
+               columns: list[str] | None) -> pa.Table:
+    """The rows of a planned batch (``columns`` of them), in file order; row groups whose id
+    statistics exclude the batch are skipped."""
+    ids = pads.field("id")
+    expr = (pads.field("split") == split) & (ids >= batch.first_id) & (ids <= batch.last_id)
+    table = pads.dataset(batch.path, format="parquet", filesystem=filesystem).to_table(
+        columns=columns, filter=expr)
+    if table.num_rows != batch.rows:
+        raise SasRayError(f"shard {batch.path} changed while being read ({table.num_rows} "
+                          f"rows of ids {batch.first_id}..{batch.last_id}, planned "
+                          f"{batch.rows}); rerun the stage")
+    return table
 
 
 def info(uri: str) -> dict[str, Any]:
     """The manifest of the shards at ``uri`` (after checking they are readable)."""
-    return _dataset(uri)[2]
+    return open_dataset(uri)[2]
 
 
 def format_info(uri: str, manifest: dict[str, Any]) -> str:

@@ -1,6 +1,6 @@
 """Embedding stage on Ray Data: coverage, per-example seeding independent of actors and
 batches, a killed actor, equality with a single-process computation (on S3), torchvision
-weights in float16, reuse, bad inputs, resources."""
+weights in float16, reuse, bad inputs, actor resources. (Local vs Ray: test_executors.py.)"""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from sas_ray.cli import main
-from sas_ray.config import Config, EmbedConfig
+from sas_ray.config import Config
 from sas_ray.core.data.augment import SimCLRAugment, to_nchw
 from sas_ray.core.data.images import decode_images
 from sas_ray.core.embedding import mean_view_embeddings
@@ -22,9 +22,11 @@ from sas_ray.core.models.checkpoint import load_encoder, save_encoder
 from sas_ray.core.models.heads import build_model
 from sas_ray.core.seeding import example_generators
 from sas_ray.errors import SasRayError
+from sas_ray.executors.base import Workers
 from sas_ray.executors.local import LocalExecutor
+from sas_ray.executors.ray.data import actor_resources
 from sas_ray.io import shards, storage
-from sas_ray.stages.embed import FAULT_ENV, actor_resources, embed, output_schema
+from sas_ray.stages.embed import embed, output_schema
 from sas_ray.stages.ingest import ingest
 
 DIM = 32
@@ -116,14 +118,15 @@ def test_views_are_seeded_by_run_seed_and_id(proxy: str) -> None:
 
 @pytest.mark.ray
 def test_killed_actor_is_restarted_and_the_result_is_unchanged(
-        synthetic_shards: str, proxy: str, two_views: str, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        synthetic_shards: str, proxy: str, two_views: str, tmp_path: Path) -> None:
     """One actor, batches of 24, killed at its 2nd batch: the same embeddings as two actors
     with batches of 32, every id once."""
+    from embed_faults import crash_once
+
     marker = tmp_path / "crashed"
-    monkeypatch.setenv(FAULT_ENV, f"2:{marker}")
     out = str(tmp_path / "survivor")
-    embed(_cfg(views=2, num_actors=1, batch_size=24), synthetic_shards, proxy, out)
+    embed(_cfg(views=2, num_actors=1, batch_size=24), synthetic_shards, proxy, out,
+          batch_class=crash_once(2, str(marker)))
     assert marker.exists()  # the actor did exit mid-stream
     table, reference = _read(out), _read(two_views)
     assert table["id"].to_pylist() == reference["id"].to_pylist()
@@ -188,22 +191,22 @@ def test_bad_inputs_fail_clearly_and_leave_no_output(synthetic_shards: str, prox
         with pytest.raises(SasRayError, match=message):
             embed(cfg, data, encoder, str(out))
         assert not out.exists()
-    code = main(["embed", "--data", synthetic_shards, "--proxy", str(tmp_path / "missing.pt"),
-                 "--out", str(out)])
+    code = main(["embed", "--data", synthetic_shards, "--proxy.checkpoint",
+                 str(tmp_path / "missing.pt"), "--out", str(out)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and "does not exist" in err and not out.exists()
 
 
 def test_actor_resources_fit_the_cluster() -> None:
-    two_cpus = actor_resources(EmbedConfig(num_actors=2), 10_000, 2, 2, 0)
+    two_cpus = actor_resources(Workers(count=2), 2, 2, 0)
     assert two_cpus == {"num_actors": 2, "num_cpus": 0.5, "num_gpus": 0, "threads": 1}
-    one_batch = actor_resources(EmbedConfig(num_actors=2, batch_size=256), 100, 2, 2, 0)
-    assert one_batch["num_actors"] == 1 and one_batch["num_cpus"] == 1
-    big = actor_resources(EmbedConfig(num_actors=2), 10_000, 32, 8, 0)  # four 8-CPU nodes
+    one = actor_resources(Workers(count=1), 2, 2, 0)
+    assert one["num_actors"] == 1 and one["num_cpus"] == 1
+    big = actor_resources(Workers(count=2), 32, 8, 0)  # four 8-CPU nodes
     assert big["num_cpus"] == 8 and big["threads"] == 8
-    gpus = actor_resources(EmbedConfig(num_actors=4), 10_000, 16, 16, 2)
+    gpus = actor_resources(Workers(count=4), 16, 16, 2)
     assert gpus["num_actors"] == 2 and gpus["num_gpus"] == 1
-    fixed = actor_resources(EmbedConfig(threads=3, cpus_per_actor=0.25), 10_000, 2, 2, 0)
+    fixed = actor_resources(Workers(count=2, cpus=0.25, threads=3), 2, 2, 0)
     assert fixed["num_cpus"] == 0.25 and fixed["threads"] == 3
     with pytest.raises(SasRayError, match="at least 2"):
-        actor_resources(EmbedConfig(), 10_000, 1, 1, 0)
+        actor_resources(Workers(count=2), 1, 1, 0)

@@ -14,6 +14,7 @@ from sas_ray.config import Config
 from sas_ray.core.data.images import decode_images
 from sas_ray.errors import SasRayError
 from sas_ray.executors.local import LocalExecutor
+from sas_ray.executors.ray.data import read_dataset
 from sas_ray.io import shards, storage
 from sas_ray.stages.ingest import ingest
 
@@ -41,12 +42,27 @@ def test_synthetic_shards(synthetic_shards: str) -> None:
 
 
 def test_read_dataset_filters_split_ids_columns(synthetic_shards: str) -> None:
-    ds = shards.read_dataset(synthetic_shards, split="test", ids=range(250, 270),
-                             columns=["id", "label"])
+    ds = read_dataset(synthetic_shards, split="test", ids=range(250, 270),
+                      columns=["id", "label"])
     rows = sorted(ds.take_all(), key=lambda r: r["id"])
     assert [r["id"] for r in rows] == list(range(256, 270))  # test ids start after 256 train
     assert set(rows[0]) == {"id", "label"} and [r["label"] for r in rows[:4]] == [0, 1, 2, 3]
-    assert shards.read_dataset(synthetic_shards).count() == 320
+    assert read_dataset(synthetic_shards).count() == 320
+
+
+def test_planned_batches_cut_each_file_and_cover_the_split(tmp_path: Path) -> None:
+    """Shards of 100 rows (the third holds train ids 200-255 and test ids 256-299): batches
+    of at most 48 consecutive train ids, none across files, every train id once."""
+    out = str(tmp_path / "shards")
+    ingest("synthetic", out, _cfg(shard_size=100), executor=LocalExecutor(_cfg()))
+    filesystem, batches = shards.plan_batches(out, "train", 48)
+    assert [b.rows for b in batches] == [48, 48, 4, 48, 48, 4, 48, 8]
+    assert len({b.path for b in batches}) == 3
+    tables = [shards.read_batch(b, filesystem, "train", ["id", "split"]) for b in batches]
+    for batch, table in zip(batches, tables, strict=True):
+        assert table["id"].to_pylist() == list(range(batch.first_id, batch.last_id + 1))
+        assert set(table["split"].to_pylist()) == {"train"}
+    assert pa.concat_tables(tables)["id"].to_pylist() == list(range(256))
 
 
 def test_ray_path_equals_plain_loop_and_reruns(tmp_path: Path, image_folder) -> None:

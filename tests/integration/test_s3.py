@@ -20,6 +20,7 @@ import s3fs
 from sas_ray.cli import main
 from sas_ray.config import Config
 from sas_ray.errors import SasRayError
+from sas_ray.executors.ray.data import read_dataset
 from sas_ray.io import shards, storage
 from sas_ray.stages.ingest import ingest
 
@@ -49,7 +50,7 @@ def test_ingest_to_s3_and_read_back(s3_bucket: str, tmp_path: Path, image_folder
         storage.join(uri, f) for f in [*remote["files"], "manifest.json"])
     expected = shards.read_table(str(tmp_path / "local")).sort_by("id")
     assert shards.read_table(uri).sort_by("id").equals(expected)
-    rows = sorted(shards.read_dataset(uri, split="train").take_all(), key=lambda r: r["id"])
+    rows = sorted(read_dataset(uri, split="train").take_all(), key=lambda r: r["id"])
     train = expected.filter(expected["split"].to_numpy(zero_copy_only=False) == "train")
     assert [r["id"] for r in rows] == train["id"].to_pylist()
     assert [r["image"] for r in rows] == train["image"].to_pylist()

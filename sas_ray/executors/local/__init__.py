@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from sas_ray.config import Config
 from sas_ray.core.selection.ranking import ClassFn, ClassJob, ClassMap, ClassOrder, map_serial
-from sas_ray.executors.base import BlockFn, TrialFn, TrialOutcome
+from sas_ray.executors.base import BatchClass, BlockFn, TrialFn, TrialOutcome, Workers
 from sas_ray.executors.grouping import balanced_groups, rank_chunk
 
 
@@ -31,6 +31,14 @@ class LocalExecutor:
     def map_blocks(self, fn: BlockFn, blocks: Iterable[pa.Table]) -> Iterator[dict[str, Any]]:
         for block in blocks:
             yield from fn(block).to_pylist()
+
+    def map_batches(self, fn: BatchClass, fn_kwargs: dict[str, Any], data: str, split: str,
+                    columns: list[str], batch_size: int, out_dir: str,
+                    workers: Workers) -> dict[str, Any]:
+        """The batches one after another in this process, on a GPU when torch sees one."""
+        from sas_ray.executors.local.batches import map_batches
+
+        return map_batches(fn, fn_kwargs, data, split, columns, batch_size, out_dir, workers)
 
     def class_map(self, num_workers: int) -> ClassMap:
         if num_workers <= 1:
