@@ -43,7 +43,7 @@ class ConfigError(SasRayError):
     """A config key or value is wrong; the message names the key and the fix."""
 
 
-Arch = Literal["resnet10", "resnet18", "resnet50"]  # sas_ray.core.models.backbones.ARCHS
+Arch = Literal["resnet10", "resnet18", "resnet34", "resnet50"]  # core.models.backbones.ARCHS
 LatentMethod = Literal["labels", "few-labels", "kmeans"]
 MethodName = Literal["simclr", "moco", "byol", "simsiam"]  # sas_ray.core.methods.METHODS
 

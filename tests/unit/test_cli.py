@@ -33,7 +33,7 @@ def _run_without_ray(args: list[str]) -> tuple[int, str, float]:
 
 @pytest.mark.parametrize(("flags", "message"), [
     (["--model.arch", "resnet99"], "'model.arch': 'resnet99' is not allowed; use one of: "
-                                   "resnet10, resnet18, resnet50"),
+                                   "resnet10, resnet18, resnet34, resnet50"),
     (["--train.optimizer", "adamw"], "'train.optimizer': 'adamw' is not allowed"),
     (["--select.strategies", "sas,sass"], "'sass' is not allowed; did you mean 'sas'?"),
     (["--latent.k", "0"], "'latent.k' must be >= 1, got 0"),
