@@ -16,6 +16,7 @@ import argparse
 import importlib
 import logging
 import sys
+import textwrap
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -135,9 +136,13 @@ COMMANDS: dict[str, Command] = {
         checks=("all", "sweep", "pipeline"), reads="every section"),
 }
 
-OVERRIDES = ("config: --config FILE, then any key as --section.key VALUE (lists: a,b or "
-             "[a, b]), e.g. --train.epochs 5; `sas-ray config` lists every key with its "
-             "resolved value.")
+OVERRIDES = ("Any config key can be overridden as --section.key VALUE (after --config FILE; "
+             "lists as a,b or [a, b]), e.g. --train.epochs 5; `sas-ray config` lists every "
+             "key with its resolved value.")
+
+
+def _epilog(*paragraphs: str) -> str:
+    return "\n\n".join(textwrap.fill(p, 79) for p in paragraphs if p)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -152,13 +157,15 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="sas-ray", description=__doc__.splitlines()[0], epilog=OVERRIDES)
+        prog="sas-ray", description=__doc__.splitlines()[0], epilog=_epilog(OVERRIDES),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, command in COMMANDS.items():
-        reads = f"reads: {command.reads}. " if command.reads else ""
+        reads = f"Config read: {command.reads}." if command.reads else ""
         p = sub.add_parser(name, help=command.help, description=command.help,
-                           epilog=reads + OVERRIDES)
+                           epilog=_epilog(reads, OVERRIDES),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         p.notes = command.notes
         p.add_argument("--config", metavar="FILE", help="YAML config file (see configs/)")
         p.add_argument("-v", "--verbose", action="store_true",

@@ -55,8 +55,7 @@ NEEDS_LABELS = frozenset({"forgetting-least", "forgetting-most", "el2n-easy", "e
 
 # one line per strategy (``sas-ray select --help``)
 DESCRIPTIONS: dict[str, str] = {
-    "sas": "SAS: greedy submodular coverage of each latent class (nested; "
-           "select.double_greedy: per fraction)",
+    "sas": "SAS: greedy submodular coverage of each latent class (nested)",
     "sas-reference": "SAS as the reference code ranks it, per latent class (nested)",
     "random": "uniform random order of all rows",
     "random-balanced": "uniform random order within each latent class, class-proportional",
