@@ -171,3 +171,14 @@ def test_full_disk_is_one_line_naming_the_output(tmp_path: Path) -> None:
         subprocess.run(["umount", str(mnt)], check=True)
     assert code == 2 and "\n" not in err, err
     assert f"no space left on device writing {out} (" in err and "free there" in err
+
+
+def test_validation_scopes() -> None:
+    from sas_ray.validate import SCOPES, validate
+
+    cfg = config_mod.apply(Config(), {"select.strategies": [], "sweep.include_full": False})
+    validate(Config(), [s for s in SCOPES if s != "embed"])  # the defaults pass
+    validate(cfg, ["all", "pipeline"])  # no strategies: fine where nothing is ranked
+    for scope, message in (("sweep", "nothing to sweep"), ("select", "is empty")):
+        with pytest.raises(SasRayError, match=message):
+            validate(cfg, [scope])
