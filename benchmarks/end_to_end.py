@@ -36,14 +36,15 @@ from typing import Any
 import numpy as np
 
 from benchmarks.machine import machine_info, machine_line
-from benchmarks.replicate import DEFAULT_DATA, stratified
 from sas_ray.config import Config
 from sas_ray.core.data.sources.imagefolder import imagefolder_tar
 from sas_ray.core.models import model_from_config
 from sas_ray.core.models.checkpoint import save_encoder
 from sas_ray.errors import SasRayError
+from sas_ray.stages.pool import stratified
 
 RESULTS = Path(__file__).resolve().parent / "results"
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 SIZES = {  # pool images, epochs, proxy epochs (0: an untrained proxy)
     "full": (4000, 3, 2),
     "quick": (1000, 2, 0),

@@ -4,7 +4,7 @@ evaluate it, store the result; trials run on an executor (Ray Tune, or a local l
 Grid: cells ``{"strategy", "latent", "fraction", "ranking", "train_fingerprint",
 "fingerprint"}`` - every ranking of the pipeline (one per strategy and latent method;
 latent-free strategies such as ``random`` only once, with ``latent`` None) at every
-``sweep.fractions``, plus ``{"strategy": "full", "fraction": 1.0}`` when
+``sweep.fractions``, after ``{"strategy": "full", "fraction": 1.0}`` when
 ``sweep.include_full`` - times ``sweep.seeds``. ``train_fingerprint`` covers what the trained
 encoder depends on (model/train settings, the shards, the ranking, the fraction) and names
 the trial's run directory together with the seed; ``fingerprint`` adds the evaluation
@@ -116,19 +116,17 @@ def check_subset_sizes(cfg: Config, num_train: int) -> None:
 
 def make_cells(cfg: Config, shards: Mapping[str, Any], rankings: Rankings
                ) -> list[dict[str, Any]]:
-    """Grid cells: one per entry of ``rankings``, plus the full-data cell when
-    ``sweep.include_full``. ``shards`` is the manifest of the shards trained on."""
+    """Grid cells: the full-data cell when ``sweep.include_full``, then one per entry of
+    ``rankings``. ``shards`` is the manifest of the shards trained on."""
     check_subset_sizes(cfg, num_train_images(shards))
     shards_fp = shards["fingerprint"]
-    cells = []
+    cells = [full_cell(cfg, shards_fp)] if cfg.sweep.include_full else []
     for (strategy, latent, fraction), (uri, ranking_fp) in rankings.items():
         if strategy == FULL:
             raise SasRayError(f"'{FULL}' names the full-data baseline, not a strategy; remove it "
                               "from select.strategies and set sweep.include_full")
         cells.append(_cell(cfg, strategy, latent, fraction, uri, {
             "shards": shards_fp, "ranking": ranking_fp, "fraction": float(fraction)}))
-    if cfg.sweep.include_full:
-        cells.append(full_cell(cfg, shards_fp))
     if not cells:
         raise SasRayError("the sweep has no cells; set select.strategies or sweep.include_full")
     return cells

@@ -1,29 +1,29 @@
-"""Sweep analysis on synthetic trial records and hand-written Tune experiment dirs (no Ray)."""
+"""Sweep analysis on synthetic trial records and hand-written sweep artifacts (no Ray), and the
+statistics against values worked out by hand (closed forms of Student's t for 1-3 degrees
+of freedom)."""
 
 from __future__ import annotations
 
 import csv
-import json
 import math
+from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
+from sas_ray.analysis.records import TrialRecord, read_sweep
 from sas_ray.analysis.report import (
     PLOT_FILE,
-    SPEC_FILE,
-    TrialRecord,
     analyze,
-    read_experiment,
-    records_from_result_grid,
+    forgetting_agreement,
     render,
     report_files,
     summarize,
     write_report,
 )
+from sas_ray.analysis.stats import average_ranks, paired, spearman, t_pvalue, welch
 from sas_ray.cli import main
-from sas_ray.config import AnalyzeConfig
 from sas_ray.errors import SasRayError
 from sas_ray.io import storage
 
@@ -31,15 +31,14 @@ from sas_ray.io import storage
 ACC = {("sas", 0.3): [70.0, 72.0], ("sas", 0.6): [79.5, 80.5],
        ("random", 0.3): [64.0, 66.0], ("random", 0.6): [74.0, 76.0],
        ("full", 1.0): [80.0, 80.0]}
-SPEC = {"cells": [{"strategy": s, "fraction": f} for s, f in ACC], "seeds": [0, 1]}
 
 
 def record(strategy: str, fraction: float, seed: int, acc: float | None = None,
-           status: str = "TERMINATED", error: str | None = None) -> TrialRecord:
+           status: str = "finished", error: str | None = None) -> TrialRecord:
     metrics = {} if acc is None else {"linear_acc": acc, "knn_acc": acc - 5.0,
                                       "train_time_s": 100.0 * fraction}
     return TrialRecord(strategy, fraction, seed, status, metrics, error,
-                       trial_id=f"{strategy}-{fraction}-{seed}")
+                       name=f"{strategy}-{fraction}-{seed}")
 
 
 def all_records() -> list[TrialRecord]:
@@ -48,7 +47,7 @@ def all_records() -> list[TrialRecord]:
 
 
 def test_summary_means_gaps_and_savings() -> None:
-    report = summarize(all_records(), spec=SPEC, tolerance=0.5)
+    report = summarize(all_records(), tolerance=0.5)
     cells = report.cells.set_index(["strategy", "fraction"])
     assert list(report.cells["strategy"]) == ["sas", "sas", "random", "random", "full"]
     sas = cells.loc[("sas", 0.3)]
@@ -72,8 +71,62 @@ def test_summary_means_gaps_and_savings() -> None:
     assert "random: no fraction reaches full data" in text
 
 
+def test_strategy_vs_random_tests_per_fraction() -> None:
+    """sas - random at 0.3: 70, 72 vs 64, 66 -> gap 6, Welch t = 6 / sqrt(1 + 1), df 2;
+    paired over seeds 0, 1: differences 6, 6 -> zero variance, p 0."""
+    tests = summarize(all_records()).tests
+    assert set(tests["strategy"]) == {"sas"}  # not random itself, not full data
+    row = tests[(tests["fraction"] == 0.3) & (tests["metric"] == "linear_acc")].iloc[0]
+    assert row["gap"] == pytest.approx(6.0)
+    assert row["welch_t"] == pytest.approx(6 / math.sqrt(2)) and row["welch_df"] == 2
+    t = 6 / math.sqrt(2)
+    assert row["welch_p"] == pytest.approx(1 - t / math.sqrt(t * t + 2), rel=1e-9)  # df 2
+    assert row["paired_p"] == 0.0 and row["pairs"] == 2
+    text = render(summarize(all_records()), markdown=True)
+    assert "## Strategy vs random" in text and "| sas " in text
+
+
+def test_t_tests_match_closed_forms() -> None:
+    # df 1: p = 1 - (2 / pi) atan|t|; df 2: p = 1 - |t| / sqrt(t^2 + 2)
+    for t in (0.3, 2.0, 12.7):
+        assert t_pvalue(t, 1) == pytest.approx(1 - 2 / math.pi * math.atan(t), rel=1e-9)
+        assert t_pvalue(-t, 2) == pytest.approx(1 - t / math.sqrt(t * t + 2), rel=1e-9)
+    # paired: differences 6, 6, 1 -> mean 13/3, sd^2 = 25/3, t = (13/3) / sqrt(25/9) = 2.6
+    p = paired([70, 72, 75], [64, 66, 74])
+    assert p["gap"] == pytest.approx(13 / 3) and p["t"] == pytest.approx(2.6) and p["df"] == 2
+    assert p["p"] == pytest.approx(1 - 2.6 / math.sqrt(2.6**2 + 2), rel=1e-9)
+    # Welch with unequal variances: a = 1, 2, 3 (var 1), b = 10, 20 (var 50):
+    # se^2 = 1/3 + 25, df = (76/3)^2 / ((1/3)^2 / 2 + 25^2) = 1.02655...
+    w = welch([1, 2, 3], [10, 20])
+    se2 = 1 / 3 + 25
+    assert w["t"] == pytest.approx(-13 / math.sqrt(se2))
+    assert w["df"] == pytest.approx(se2**2 / ((1 / 3) ** 2 / 2 + 25**2))
+    assert math.isnan(welch([1.0], [2.0, 3.0])["p"]) and math.isnan(paired([1.0], [2.0])["p"])
+
+
+def test_spearman_with_ties_matches_a_hand_computation() -> None:
+    """y = 5, 6, 7, 8, 7 has ranks 1, 2, 3.5, 5, 3.5; rho = 8 / sqrt(10 * 9.5); with n - 2 = 3
+    degrees of freedom p = 1 - (2/pi)(atan(u) + u / (1 + u^2)), u = t / sqrt(3)."""
+    assert average_ranks(np.array([5.0, 6, 7, 8, 7])).tolist() == [1, 2, 3.5, 5, 3.5]
+    s = spearman([1, 2, 3, 4, 5], [5, 6, 7, 8, 7])
+    rho = 8 / math.sqrt(95)
+    u = rho * math.sqrt(3 / (1 - rho * rho)) / math.sqrt(3)
+    assert s["rho"] == pytest.approx(rho) and s["n"] == 5
+    assert s["p"] == pytest.approx(1 - 2 / math.pi * (math.atan(u) + u / (1 + u * u)), rel=1e-9)
+    assert spearman([1, 2, 3], [3, 2, 1])["rho"] == pytest.approx(-1.0)
+
+
+def test_forgetting_agreement_uses_the_within_class_position() -> None:
+    """Ranking ids 10, 11 (class 0) then 12, 13 (class 1): positions 0, 1, 0, 1; forgetting
+    events 0, 3, 1, 2 -> rho = 4 / sqrt(4 * 5); within each class rho = 1."""
+    row = forgetting_agreement("sas", np.array([10, 11, 12, 13]), np.array([0, 0, 1, 1]),
+                               np.array([13, 12, 11, 10]), np.array([2.0, 1.0, 3.0, 0.0]))
+    assert row["rho"] == pytest.approx(4 / math.sqrt(20))
+    assert row["rho_within_mean"] == pytest.approx(1.0) and row["n"] == 4
+
+
 def test_tolerance_and_metric_change_the_answer() -> None:
-    report = summarize(all_records(), spec=SPEC, tolerance=10.0, metric="knn_acc")
+    report = summarize(all_records(), tolerance=10.0, metric="knn_acc")
     savings = report.savings.set_index("strategy")
     assert savings.loc["sas", "fraction"] == pytest.approx(0.3)  # 66 >= 75 - 10
     assert savings.loc["random", "fraction"] == pytest.approx(0.6)
@@ -83,20 +136,22 @@ def test_tolerance_and_metric_change_the_answer() -> None:
 
 def test_partial_sweep_lists_failed_and_missing_trials() -> None:
     records = [r for r in all_records() if not (r.strategy == "sas" and r.fraction == 0.6)]
-    records += [record("sas", 0.6, 0, status="ERROR", error="RuntimeError: out of memory"),
-                record("sas", 0.6, 1, status="RUNNING")]
-    records = [r for r in records if r.strategy != "full" or r.seed == 0]  # full seed 1 absent
-    report = summarize(records, spec=SPEC)
+    records += [record("sas", 0.6, 0, status="failed", error="RuntimeError: out of memory"),
+                record("sas", 0.6, 1, status="not started")]
+    records = [r if r.strategy != "full" or r.seed == 0 else record("full", 1.0, 1,
+                                                                    status="skipped")
+               for r in records]
+    report = summarize(records)
     assert ("sas", 0.6) not in set(zip(report.cells["strategy"], report.cells["fraction"],
                                        strict=True))
     assert [r.error for r in report.failed] == ["RuntimeError: out of memory"]
-    assert sorted(report.missing) == ["full f=1.00 seed=1 (NOT STARTED)",
-                                      "sas f=0.60 seed=0 (ERROR)", "sas f=0.60 seed=1 (RUNNING)"]
+    assert sorted(report.missing) == ["full f=1.00 seed=1 (skipped)",
+                                      "sas f=0.60 seed=1 (not started)"]
     full = report.cells[report.cells["strategy"] == "full"].iloc[0]
     assert full["seeds"] == 1 and math.isnan(full["linear_acc_std"])
     text = render(report)
     assert "FAILED sas f=0.60 seed=0: RuntimeError: out of memory" in text
-    assert "missing sas f=0.60 seed=1 (RUNNING)" in text
+    assert "missing sas f=0.60 seed=1 (not started)" in text
 
 
 def test_no_full_baseline_says_so() -> None:
@@ -106,73 +161,59 @@ def test_no_full_baseline_says_so() -> None:
     assert report.cells["linear_acc_gap_full"].isna().all()
 
 
-def test_records_from_a_result_grid() -> None:
-    """Anything shaped like ray.tune.Result (config, metrics, error, path) works."""
-    def result(strategy: str, fraction: float, seed: int, acc: float | None,
-               error: Exception | None = None) -> SimpleNamespace:
-        metrics = None if acc is None else {"linear_acc": acc, "knn_acc": acc - 5.0,
-                                            "train_time_s": 10.0, "trial_id": "t"}
-        return SimpleNamespace(config={"subset": {"strategy": strategy, "fraction": fraction},
-                                       "seed": seed}, metrics=metrics, error=error, path="p")
-
-    grid = [result("sas", 0.5, 0, 80.0), result("full", 1.0, 0, 80.2),
-            result("random", 0.5, 0, None, RuntimeError("Traceback...\nValueError: bad rank"))]
-    records = records_from_result_grid(grid)
-    assert [r.status for r in records] == ["TERMINATED", "TERMINATED", "ERROR"]
-    assert records[2].error == "ValueError: bad rank"
-    report = analyze(grid, AnalyzeConfig(tolerance=0.5))
-    assert report.savings.set_index("strategy").loc["sas", "fraction"] == pytest.approx(0.5)
-    assert [r.strategy for r in report.failed] == ["random"]
-    with pytest.raises(SasRayError, match="not from a sas-ray sweep"):
-        records_from_result_grid([SimpleNamespace(config={"lr": 1}, metrics={}, error=None,
-                                                  path="p")])
-
-
-def write_tune_dir(root: Path, records: list[TrialRecord], with_state: bool) -> None:
-    """Lay records out like Ray Tune 2.60 does: a folder per trial with params.json,
-    result.json (JSON lines), error.txt, and the experiment_state-*.json with trial_data."""
-    trial_data = []
-    for i, r in enumerate(records):
-        name = f"run_trial_{i:05d}_{r.strategy}"
-        config = {"subset": {"strategy": r.strategy, "fraction": r.fraction}, "seed": r.seed}
-        d = root / name
-        d.mkdir(parents=True)
-        (d / "params.json").write_text(json.dumps(config))
-        if r.metrics:
-            (d / "result.json").write_text(json.dumps({**r.metrics, "config": config}) + "\n")
-        if r.error:
-            (d / "error.txt").write_text(f"Traceback (most recent call last):\n  x\n{r.error}\n")
-        trial = {"trial_id": f"t{i}", "config": config, "status": r.status,
-                 "relative_logdir": name}
-        runtime = {"last_result": r.metrics, "error_filename": "error.txt" if r.error else None}
-        trial_data.append([json.dumps(trial), json.dumps(runtime)])
-    (root / SPEC_FILE).write_text(json.dumps(SPEC))
-    if with_state:
-        (root / "experiment_state-2020-01-01_00-00-00.json").write_text(
-            json.dumps({"trial_data": trial_data[:-1], "runner_data": {}, "stats": {}}))
+def write_sweep(root: Path, records: list[TrialRecord],
+                latent: Callable[[TrialRecord], str | None] = lambda r: None) -> str:
+    """A sweep artifact as stages.sweep commits it: a trial result artifact per finished
+    record, and trials.json listing every record with its status."""
+    trials = []
+    for r in records:
+        result = str(root / "runs" / r.name / "result")
+        cell = {"strategy": r.strategy, "latent": None if r.strategy in ("full", "random")
+                else latent(r), "fraction": r.fraction}
+        if r.finished:
+            with storage.write_artifact(result, "trial", config=cell, seed=r.seed) as w:
+                storage.write_json_atomic(f"{w.dir}/result.json", r.metrics)
+        fp = storage.read_manifest(result)["fingerprint"] if r.finished else "none"
+        trials.append({"name": r.name, "subset": cell, "seed": r.seed, "result": result,
+                       "fingerprint": fp, "status": r.status, "error": r.error})
+    uri = str(root / "sweep")
+    with storage.write_artifact(uri, "sweep") as w:
+        storage.write_json_atomic(f"{w.dir}/trials.json", trials)
+    return uri
 
 
-@pytest.mark.parametrize("with_state", [True, False])
-def test_reads_tune_experiment_dir(tmp_path: Path, with_state: bool) -> None:
-    records = [*all_records(), record("sas", 0.6, 2, status="ERROR", error="ValueError: boom")]
-    records.insert(0, records.pop())  # the failed trial first; the last is not in the state
-    write_tune_dir(tmp_path / "exp", records, with_state)
-    read, spec = read_experiment(str(tmp_path / "exp"))
-    assert spec == SPEC
-    assert sorted(r.key for r in read) == sorted(r.key for r in records)
-    (failed,) = [r for r in read if r.status == "ERROR"]
-    assert failed.error == "ValueError: boom" and failed.key == ("sas", 0.6, 2)
-    report = analyze(str(tmp_path / "exp"))
+def test_reads_a_sweep_artifact(tmp_path: Path) -> None:
+    records = [*all_records(), record("sas", 0.6, 2, status="failed", error="ValueError: boom"),
+               record("sas", 0.3, 2, status="not started")]
+    uri = write_sweep(tmp_path, records)
+    read = read_sweep(uri)
+    assert [(r.key, r.status) for r in read] == [(r.key, r.status) for r in records]
+    assert read[0].metrics["linear_acc"] == 70.0
+    report = analyze(uri)
     assert report.finished == 10 and len(report.cells) == 5
+    assert [r.error for r in report.failed] == ["ValueError: boom"]
+    # a result whose artifact is gone (or is another trial's) is not finished, whatever the
+    # listing says
+    storage.delete(str(tmp_path / "runs" / records[0].name / "result"))
+    assert read_sweep(uri)[0].status == "not started"
+
+
+def test_several_latent_methods_are_labelled(tmp_path: Path) -> None:
+    one = write_sweep(tmp_path / "a", all_records(), lambda r: "kmeans")
+    assert {r.strategy for r in read_sweep(one)} == {"sas", "random", "full"}
+    two = write_sweep(tmp_path / "b", all_records(),
+                      lambda r: "kmeans" if r.fraction == 0.6 else "labels")
+    assert {r.strategy for r in read_sweep(two)} == {"sas/labels", "sas/kmeans", "random",
+                                                     "full"}
 
 
 def test_write_report_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    write_tune_dir(tmp_path / "exp", all_records(), with_state=True)
+    uri = write_sweep(tmp_path / "run", all_records())
     out = str(tmp_path / "report")
-    files = write_report(analyze(str(tmp_path / "exp")), out, title="t")
+    files = write_report(analyze(uri), out, title="t")
     assert files == report_files(out)
     assert sorted(p.name for p in (tmp_path / "report").iterdir()) == sorted(
-        ["table.md", "table.csv", "savings.csv", PLOT_FILE, "manifest.json"])
+        ["table.md", "table.csv", "tests.csv", "savings.csv", PLOT_FILE, "manifest.json"])
     manifest = storage.require_manifest(out, "report")
     assert manifest["meta"]["finished"] == 10 and sorted(manifest["files"]) == sorted(files)
     assert storage.read_bytes(files[PLOT_FILE])[:8] == b"\x89PNG\r\n\x1a\n"
@@ -180,18 +221,20 @@ def test_write_report_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         rows = list(csv.DictReader(f))
     assert [(r["strategy"], float(r["fraction"])) for r in rows] == list(ACC)
     assert float(rows[0]["linear_acc_mean"]) == pytest.approx(71.0)
+    with open(files["tests.csv"]) as f:
+        assert {r["strategy"] for r in csv.DictReader(f)} == {"sas"}
     assert "| sas " in storage.read_bytes(files["table.md"]).decode()
 
-    assert main(["analyze", str(tmp_path / "exp"), "--analyze.tolerance", "10"]) == 0
+    assert main(["analyze", uri, "--analyze.tolerance", "10"]) == 0
     printed = capsys.readouterr().out
     assert "keep 30% of the data" in printed and PLOT_FILE in printed
-    assert "keep 30%" in (tmp_path / "report" / "table.md").read_text()  # next to the experiment
+    assert "keep 30%" in (tmp_path / "run" / "report" / "table.md").read_text()  # next to it
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["analyze", str(tmp_path / "nope")]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert "holds no sas-ray sweep" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert main(["analyze", str(tmp_path / "empty"), "--out", str(tmp_path / "r")]) == 2
-    assert "holds no Tune trials" in capsys.readouterr().err
+    assert "holds no sas-ray sweep" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()

@@ -1,31 +1,43 @@
-"""Sweep planning without a Ray cluster: grid cells, fingerprints, run names, how many trials
-run at once, and the checks that fail before any trial starts."""
+"""Sweep planning and the sweep driver without Ray: grid cells, fingerprints, run names, the
+trial order and aliases, the latent-method axis, how many Tune trials run at once, the
+checks that fail before any trial starts, and a sweep on the local executor (training
+replaced by a stub) that fails a trial, resumes from stored results and stops at its time
+budget."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from sas_ray import config
+from sas_ray.analysis.records import read_sweep
 from sas_ray.config import Config
 from sas_ray.errors import SasRayError
+from sas_ray.executors.local import LocalExecutor
+from sas_ray.executors.ray.tune import max_concurrent_trials
 from sas_ray.io import storage
-from sas_ray.pipeline import Layout
+from sas_ray.pipeline import Layout, ranking_plan
+from sas_ray.stages import sweep
 from sas_ray.stages.sweep import (
     SweepSpec,
     check_subset_sizes,
     completed_fit,
     make_cells,
-    max_concurrent_trials,
+    plan_trials,
+    raise_if_incomplete,
     run_name,
+    run_sweep,
     sweep_spec,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARDS = {"fingerprint": "shards-fp", "meta": {"splits": {"train": {"images": 1000}}}}
-RANKINGS = {("sas", 0.2): ("r/sas", "fp-sas"), ("sas", 0.5): ("r/sas", "fp-sas"),
-            ("random", 0.2): ("r/random", "fp-random"), ("random", 0.5): ("r/random", "fp-random")}
+RANKINGS = {("sas", "labels", 0.2): ("r/sas", "fp-sas"),
+            ("sas", "labels", 0.5): ("r/sas", "fp-sas"),
+            ("random", None, 0.2): ("r/random", "fp-random"),
+            ("random", None, 0.5): ("r/random", "fp-random")}
 
 
 def small_cfg(**overrides: object) -> Config:
@@ -34,8 +46,9 @@ def small_cfg(**overrides: object) -> Config:
 
 def test_cells_cover_the_grid_plus_full_data() -> None:
     cells = make_cells(small_cfg(), SHARDS, RANKINGS)
-    assert [(c["strategy"], c["fraction"]) for c in cells] == [*RANKINGS, ("full", 1.0)]
-    assert cells[-1]["ranking"] is None
+    assert [(c["strategy"], c["latent"], c["fraction"]) for c in cells] == [
+        ("full", None, 1.0), *RANKINGS]
+    assert cells[0]["ranking"] is None
     assert len({c["fingerprint"] for c in cells}) == len(cells)
     no_full = make_cells(small_cfg(**{"sweep.include_full": False}), SHARDS, RANKINGS)
     assert [c["strategy"] for c in no_full] == ["sas", "sas", "random", "random"]
@@ -46,11 +59,13 @@ def test_fingerprints_follow_what_a_trial_computes() -> None:
             for c in make_cells(small_cfg(), SHARDS, RANKINGS)}
     # bookkeeping settings do not change results, so they keep every stored trial
     same = make_cells(small_cfg(**{"train.max_failures": 7, "sweep.max_concurrent": 3,
-                                   "analyze.tolerance": 2.0}), SHARDS, RANKINGS)
+                                   "analyze.tolerance": 2.0, "run.executor": "local",
+                                   "train.cpus_per_worker": 0.5}), SHARDS, RANKINGS)
     assert {(c["strategy"], c["fraction"]): c["fingerprint"] for c in same} == base
     # a new ranking for one strategy changes only that strategy's cells
-    changed = make_cells(small_cfg(), SHARDS, {**RANKINGS, ("sas", 0.2): ("r/sas", "new"),
-                                               ("sas", 0.5): ("r/sas", "new")})
+    changed = make_cells(small_cfg(), SHARDS, {**RANKINGS,
+                                               ("sas", "labels", 0.2): ("r/sas", "new"),
+                                               ("sas", "labels", 0.5): ("r/sas", "new")})
     moved = {(c["strategy"], c["fraction"]) for c in changed
              if c["fingerprint"] != base[(c["strategy"], c["fraction"])]}
     assert moved == {("sas", 0.2), ("sas", 0.5)}
@@ -58,8 +73,8 @@ def test_fingerprints_follow_what_a_trial_computes() -> None:
     longer = make_cells(small_cfg(**{"train.epochs": 9}), SHARDS, RANKINGS)
     assert all(c["fingerprint"] != base[(c["strategy"], c["fraction"])] for c in longer)
     # another evaluation changes every result, but not the trained encoders (run names)
-    cell = make_cells(small_cfg(), SHARDS, RANKINGS)[0]
-    probe = make_cells(small_cfg(**{"eval.knn_k": 20}), SHARDS, RANKINGS)[0]
+    cell = make_cells(small_cfg(), SHARDS, RANKINGS)[1]
+    probe = make_cells(small_cfg(**{"eval.knn_k": 20}), SHARDS, RANKINGS)[1]
     assert probe["fingerprint"] != cell["fingerprint"]
     assert run_name(probe, 0) == run_name(cell, 0)
     assert run_name(cell, 0).startswith("sas-f0.20-s0-")
@@ -69,9 +84,40 @@ def test_fingerprints_follow_what_a_trial_computes() -> None:
 def test_spec_fingerprint_is_the_grid() -> None:
     cells = make_cells(small_cfg(), SHARDS, RANKINGS)
     a = SweepSpec(data="d", runs="runs", cells=cells, seeds=[0, 1], config={})
-    b = SweepSpec(data="d", runs="runs", cells=cells, seeds=[0, 1], config={"other": 1})
-    c = SweepSpec(data="d", runs="runs", cells=cells[:-1], seeds=[0, 1], config={})
+    b = SweepSpec(data="d", runs="runs", cells=cells, seeds=[0, 1], config={"other": 1},
+                  deadline=123.0)
+    c = SweepSpec(data="d", runs="runs", cells=cells[1:], seeds=[0, 1], config={})
     assert a.fingerprint == b.fingerprint != c.fingerprint
+
+
+def test_trials_run_seed_by_seed_and_the_proxy_alias() -> None:
+    """Every cell's first seed before any second one; the full-data trial whose training is
+    the proxy's (same train fingerprint and seed) runs in the proxy's run directory, its
+    result still goes to runs/."""
+    cells = make_cells(small_cfg(), SHARDS, RANKINGS)
+    spec = SweepSpec(data="d", runs="/x/runs", cells=cells, seeds=[0, 1], config={})
+    full = cells[0]
+    trials = plan_trials(spec, {(full["train_fingerprint"], 0): "/x/proxy-run/ab"})
+    assert [(t["subset"]["strategy"], t["seed"]) for t in trials] == [
+        *((c["strategy"], 0) for c in cells), *((c["strategy"], 1) for c in cells)]
+    assert trials[0]["run"] == "/x/proxy-run/ab"
+    assert trials[0]["result"] == f"/x/runs/{trials[0]['name']}/result"
+    assert trials[5]["run"] == f"/x/runs/{trials[5]['name']}"  # seed 1: no alias
+    assert len({t["name"] for t in trials}) == len(trials)
+
+
+def test_latent_methods_are_a_sweep_axis() -> None:
+    cfg = small_cfg(**{"sweep.latent_methods": "labels,kmeans", "sweep.fractions": "0.2,0.5",
+                       "select.strategies": "sas,random,forgetting-least"})
+    plan = [(s, latent, method, f) for s, latent, method, f, _ in ranking_plan(cfg)]
+    assert plan == [("sas", "labels", "labels", None), ("random", None, "labels", None),
+                    ("forgetting-least", "labels", "labels", None),
+                    ("sas", "kmeans", "kmeans", None),
+                    ("forgetting-least", "kmeans", "kmeans", None)]
+    double = small_cfg(**{"select.double_greedy": True, "sweep.fractions": "0.2,0.5",
+                          "select.strategies": "sas"})
+    assert [(f, serves) for *_, f, serves in ranking_plan(double)] == [(0.2, [0.2]),
+                                                                      (0.5, [0.5])]
 
 
 @pytest.mark.parametrize(("cpus", "gpus", "overrides", "expected"), [
@@ -99,10 +145,8 @@ def test_fractions_must_fill_a_batch() -> None:
     check_subset_sizes(small_cfg(**{"sweep.fractions": "0.1,0.5"}), 1000)  # 100 >= 64
     with pytest.raises(SasRayError, match=r"fraction 0\.05 keeps 50 of 1000 train images"):
         check_subset_sizes(small_cfg(**{"sweep.fractions": "0.05,0.5"}), 1000)
-    with pytest.raises(SasRayError, match=r"out of range \(0, 1\]"):
-        check_subset_sizes(small_cfg(**{"sweep.fractions": "0.5,1.5"}), 1000)
     with pytest.raises(SasRayError, match="names the full-data baseline"):
-        make_cells(small_cfg(), SHARDS, {("full", 0.5): ("r", "fp")})
+        make_cells(small_cfg(), SHARDS, {("full", None, 0.5): ("r", "fp")})
 
 
 def test_the_builtin_defaults_are_the_quickstart() -> None:
@@ -115,12 +159,26 @@ def test_the_builtin_defaults_are_the_quickstart() -> None:
     assert cifar.data.source.endswith("cifar10-jpeg.tar.gz")
 
 
+@pytest.mark.parametrize("name", ["replicate_cifar10_cpu", "replicate_cifar10_gpu"])
+def test_the_replication_configs_plan_the_paper_comparisons(name: str) -> None:
+    cfg = config.load(ROOT / "configs" / f"{name}.yaml")
+    check_subset_sizes(cfg, cfg.data.pool_size or 50_000)
+    assert cfg.data.source.endswith("cifar10-jpeg.tar.gz")
+    assert {"sas", "random", "forgetting-least", "forgetting-most"} <= set(cfg.select.strategies)
+    assert len(cfg.sweep.latent_methods) == 3 and len(cfg.sweep.seeds) >= 3
+    methods = {latent for _, latent, *_ in ranking_plan(cfg)}
+    assert methods == {None, "labels", "few-labels", "kmeans"}
+    if name.endswith("gpu"):
+        assert (cfg.model.arch, cfg.model.width, cfg.data.pool_size) == ("resnet18", 1.0, None)
+        assert cfg.run.executor == "local"
+
+
 def test_trials_get_absolute_local_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Tune runs each trial in a working directory of its own: a relative run.storage must
     reach the trials as absolute paths (S3 URIs stay as they are)."""
     monkeypatch.chdir(tmp_path)
     layout = Layout("outputs/run")
-    rankings = {("sas", 0.2): (storage.join(layout.rankings, "sas"), "fp")}
+    rankings = {("sas", "labels", 0.2): (storage.join(layout.rankings, "sas"), "fp")}
     spec = sweep_spec(small_cfg(), layout.shards, SHARDS, rankings, layout.runs)
     paths = [spec.data, spec.runs, *(c["ranking"] for c in spec.cells if c["ranking"])]
     assert len(paths) == 3 and all(p.startswith(f"{tmp_path}/outputs/run/") for p in paths)
@@ -135,3 +193,46 @@ def test_a_finished_training_is_found_where_it_is(tmp_path: Path) -> None:
     storage.write_json_atomic(f"{out}/metrics.json", {"checkpoint": "outputs/runs/full/encoder.pt",
                                                       "history": []})
     assert completed_fit(out)["checkpoint"] == f"{out}/encoder.pt"
+
+
+def test_local_sweep_fails_resumes_and_stops_at_its_budget(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trained: list[str] = []
+
+    def fake_train(executor: Any, cfg: Config, data: str, cell: dict, out: str) -> dict:
+        assert executor.name == "local" and cfg.run.seed in (0, 1)
+        if cell["strategy"] == "random" and not (tmp_path / "fixed").exists():
+            raise RuntimeError("bad ranking")
+        trained.append(f"{cell['strategy']}-{cfg.run.seed}")
+        return {"linear_acc": 50.0, "knn_acc": 40.0, "train_time_s": 1.0,
+                "reused_training": False}
+
+    monkeypatch.setattr(sweep, "train_and_evaluate", fake_train)
+    cfg = small_cfg(**{"run.executor": "local", "sweep.max_failures": 1})
+    spec = sweep_spec(cfg, "d", SHARDS, RANKINGS, str(tmp_path / "runs"))
+    uri = str(tmp_path / "sweep")
+    first = run_sweep(cfg, spec, LocalExecutor(cfg), uri, str(tmp_path / "tune"))
+    assert sorted(trained) == ["full-0", "sas-0", "sas-0"]
+    assert [t["status"] for t in first.trials] == ["finished", "finished", "finished", "failed",
+                                                   "failed"]
+    assert first.trained == 3 and "RuntimeError: bad ranking" in first.trials[3]["error"]
+    with pytest.raises(SasRayError, match="2 trial"):
+        raise_if_incomplete(first)
+    assert not storage.read_manifest(uri)["meta"]["complete"]
+
+    (tmp_path / "fixed").touch()  # a rerun trains only the failed trials
+    trained.clear()
+    second = run_sweep(cfg, spec, LocalExecutor(cfg), uri, str(tmp_path / "tune"))
+    assert trained == ["random-0", "random-0"] and second.complete
+    assert [r.status for r in read_sweep(uri)] == ["finished"] * 5
+
+    # a second seed under a time budget that has run out: no trial starts, none is lost
+    cfg = small_cfg(**{"run.executor": "local", "sweep.seeds": "0,1",
+                       "sweep.time_budget_min": 1e-9})
+    spec = sweep_spec(cfg, "d", SHARDS, RANKINGS, str(tmp_path / "runs"))
+    trained.clear()
+    third = run_sweep(cfg, spec, LocalExecutor(cfg), uri, str(tmp_path / "tune"))
+    assert trained == [] and len(third.having("skipped")) == 5
+    assert len(third.having("finished")) == 5
+    with pytest.raises(SasRayError, match=r"5 trial\(s\) unfinished \(sweep.time_budget_min\)"):
+        raise_if_incomplete(third)
