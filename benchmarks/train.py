@@ -5,10 +5,10 @@ train split with the same global batch, augmentations, optimiser and torch threa
 
 - plain: one process, ``torch.set_num_threads(threads)``, reads the shard table once, then
   per batch decodes the encoded images, draws two views and takes a step
-  (:func:`sas_ray.core.training.loop.train_epoch`);
-- Ray: :func:`sas_ray.executors.ray.train.fit` with one worker of ``threads`` CPUs (Ray Data
-  feeds it the encoded images; it decodes, augments and steps with the same core loop), or
-  ``--workers`` workers splitting the same global batch.
+  (:func:`sas_ray.core.training.loop.fit`, the same global shuffle per epoch);
+- Ray: :func:`sas_ray.executors.ray.train.fit` with one worker of ``threads`` CPUs (the
+  encoded images in Ray's object store; it decodes, augments and steps with the same core
+  loop), or ``--workers`` workers splitting the same global batch.
 
 Images/s are measured over the epochs after the first (warm-up) in both loops. Ray's
 startup (``ray.init``, starting the trainer and workers, checkpoint writes: wall time
@@ -32,19 +32,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from benchmarks.machine import machine_info, machine_line
 from sas_ray.config import Config
 from sas_ray.core.data.augment import IMAGENET_MEAN, IMAGENET_STD, SimCLRAugment, to_nchw
 from sas_ray.core.data.images import decode_images
-from sas_ray.core.models import model_from_config
+from sas_ray.core.methods import build_method
 from sas_ray.core.models.optim import build_optimizer
-from sas_ray.core.training.loop import Precision, train_epoch
+from sas_ray.core.seeding import seed_model
+from sas_ray.core.training.loop import AfterStep, Precision, fit, method_step
+from sas_ray.core.training.order import epoch_batches, steps_per_epoch
 from sas_ray.executors.local import LocalExecutor
 from sas_ray.executors.ray.session import ensure_ray
-from sas_ray.executors.ray.train import fit
+from sas_ray.executors.ray.train import fit as ray_fit
 from sas_ray.io.shards import read_table
 from sas_ray.stages.ingest import ingest
 
@@ -63,37 +64,33 @@ def make_config(args: argparse.Namespace) -> Config:
 
 
 def plain_loop(cfg: Config, data: str, threads: int) -> dict[str, Any]:
-    """The baseline: the same core loop in this process, no Ray."""
+    """The baseline: the core loop (:func:`sas_ray.core.training.loop.fit`) in this process, no
+    Ray, over the same global shuffle per epoch, timing the decoding of each batch."""
     torch.set_num_threads(threads)
     start = time.perf_counter()
-    table = read_table(data, split="train", columns=["id", "image"])
-    encoded = table.column("image").to_pylist()
-    torch.manual_seed(cfg.run.seed)
-    model = model_from_config(cfg)
+    encoded = read_table(data, split="train", columns=["id", "image"]).column("image")
+    seed_model(cfg.run.seed)
+    model = build_method(cfg)
     batch = cfg.train.batch_size
-    steps = len(encoded) // batch
-    optimizer, scheduler = build_optimizer(model, cfg.train, steps)
-    augment = SimCLRAugment(size=cfg.data.image_size)
-    precision = Precision.for_device(torch.device("cpu"), amp=False)
+    optimizer, scheduler = build_optimizer(model, cfg.train, steps_per_epoch(len(encoded), batch))
+    step = method_step(model.augments(cfg.data.image_size), optimizer,
+                       Precision.for_device(torch.device("cpu"), amp=False))
     startup = time.perf_counter() - start
-    rng = np.random.default_rng(0)
-    epochs = []
-    for _ in range(cfg.train.epochs):
-        order = rng.permutation(len(encoded))
-        decode_s = [0.0]
+    decode_s: list[float] = []
 
-        def batches(order: np.ndarray = order, decode_s: list[float] = decode_s) -> Any:
-            for s in range(steps):
-                rows = order[s * batch:(s + 1) * batch]
-                t = time.perf_counter()
-                images = to_nchw(decode_images([encoded[i] for i in rows],
-                                               size=cfg.data.image_size))
-                decode_s[0] += time.perf_counter() - t
-                yield images
+    def batches(epoch: int) -> Any:
+        decode_s.append(0.0)
+        for rows in epoch_batches(len(encoded), batch, cfg.run.seed, epoch):
+            t = time.perf_counter()
+            images = to_nchw(decode_images(encoded.take(rows).to_pylist(),
+                                           size=cfg.data.image_size))
+            decode_s[-1] += time.perf_counter() - t
+            yield images
 
-        metrics = train_epoch(model, batches(), augment, optimizer, scheduler,
-                              cfg.train.temperature, precision)
-        epochs.append(metrics | {"decode_s": decode_s[0]})
+    after = AfterStep(model, steps_per_epoch(len(encoded), batch), cfg.train.epochs)
+    state = fit(model, batches, step, optimizer, scheduler, range(cfg.train.epochs),
+                seed=cfg.run.seed, device=torch.device("cpu"), callbacks=[after])
+    epochs = [m | {"decode_s": d} for m, d in zip(state.history, decode_s, strict=True)]
     return {"startup_s": startup, "epochs": epochs}
 
 
@@ -155,7 +152,7 @@ def main() -> None:
         start = time.perf_counter()
         ensure_ray(cfg.run)
         ray_init_s = time.perf_counter() - start
-        ray_run = fit(cfg, data, os.path.join(tmp, "run"))
+        ray_run = ray_fit(cfg, data, os.path.join(tmp, "run"))
         plain_after = plain_loop(cfg, data, args.threads * args.workers)
 
     plain_rate = (steady_rate(plain_before["epochs"]) + steady_rate(plain_after["epochs"])) / 2

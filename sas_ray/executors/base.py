@@ -33,6 +33,9 @@ BlockFn = Callable[[pa.Table], pa.Table]
 # to actors).
 BatchClass = Callable[..., Callable[[pa.Table], pa.Table]]
 ROWS_PER_FILE = 8192  # map_batches writes Parquet files of about this many rows
+# One sweep trial: its JSON parameters -> its flat metrics (see stages.sweep.run_trial); it
+# must be picklable (the Ray executor ships it to Tune trials).
+TrialFn = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -42,9 +45,6 @@ class Workers:
     count: int = 1  # Ray: actors (at most one per GPU on a GPU cluster); local: one, in-process
     cpus: float | None = None  # Ray: CPUs per actor; None: the cluster's CPUs but one, shared
     threads: int | None = None  # torch threads each; None: floor(cpus) (local: every core)
-# One sweep trial: its JSON parameters -> its flat metrics (see stages.sweep.run_trial); it
-# must be picklable (the Ray executor ships it to Tune trials).
-TrialFn = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 @dataclass
@@ -84,11 +84,14 @@ class Executor(Protocol):
         ...
 
     def fit(self, cfg: Config, data: str, out: str, train_ids: np.ndarray | None = None,
-            name: str = "train") -> dict[str, Any]:
+            name: str = "train", callbacks: Iterable[Any] = ()) -> dict[str, Any]:
         """Train the SSL model of ``cfg`` on the train split of the shards at ``data`` (only
         ``train_ids`` when given) into the run directory ``out``; resumable. Returns
         ``{"metrics", "checkpoint", "history", "seconds", "startup_seconds", "num_images"}``
-        and writes ``out/encoder.pt`` and ``out/metrics.json``."""
+        and writes ``out/encoder.pt``, ``out/metrics.json`` and ``out/run.json``. Each epoch
+        is a global shuffle seeded by ``(run.seed, epoch)``; with one worker both executors
+        give the same weights. ``callbacks`` (:class:`sas_ray.core.training.loop.Callback`,
+        picklable) run in every training process after the executor's own."""
         ...
 
     def run_trials(self, fn: TrialFn, trials: Sequence[dict[str, Any]], experiment: str, *,

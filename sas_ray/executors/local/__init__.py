@@ -54,6 +54,13 @@ class LocalExecutor:
 
         return run
 
+    def fit(self, cfg: Config, data: str, out: str, train_ids: np.ndarray | None = None,
+            name: str = "train", callbacks: Iterable[Any] = ()) -> dict[str, Any]:
+        """The core training loop in this process (:mod:`sas_ray.executors.local.train`)."""
+        from sas_ray.executors.local.train import fit
+
+        return fit(cfg, data, out, train_ids, name, list(callbacks))
+
     def run_trials(self, fn: TrialFn, trials: Sequence[dict[str, Any]], experiment: str, *,
                    callbacks: Sequence[Callable[[TrialOutcome], None]] = ()
                    ) -> list[TrialOutcome]:

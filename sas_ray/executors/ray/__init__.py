@@ -71,10 +71,11 @@ class RayExecutor:
         return run
 
     def fit(self, cfg: Config, data: str, out: str, train_ids: np.ndarray | None = None,
-            name: str = "train") -> dict[str, Any]:
+            name: str = "train", callbacks: Iterable[Any] = ()) -> dict[str, Any]:
+        """Ray Train workers running the core loop (:mod:`sas_ray.executors.ray.train`)."""
         from sas_ray.executors.ray.train import fit
 
-        return fit(cfg, data, out, train_ids, name)
+        return fit(cfg, data, out, train_ids, name, list(callbacks))
 
     def run_trials(self, fn: TrialFn, trials: Sequence[dict[str, Any]], experiment: str, *,
                    callbacks: Sequence[Any] = ()) -> list[TrialOutcome]:
