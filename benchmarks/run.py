@@ -100,12 +100,12 @@ def rows_embed(r: dict[str, Any]) -> list[Row]:
     sides = (f"Ray Data {num(get(r, 'ray.steady_images_per_s'))} img/s steady "
              f"({num(get(r, 'ray.end_to_end_images_per_s'))} end to end, stage startup "
              f"{num(get(r, 'ray.stage_startup_s'))} s, ray.init "
-             f"{num(get(r, 'ray.ray_init_s'))} s) vs plain loop "
-             f"{num(get(r, 'plain.images_per_s'))} img/s; {num(get(r, 'settings.images'))} "
-             "images")
-    return [Row("embed: Ray actors / plain loop (steady state)", sides, ratio, "x", ">= 0.9x",
-                _check(ratio, ">=", 0.9)),
-            Row("embed: Ray actors / plain loop (end to end, incl. startup)", sides,
+             f"{num(get(r, 'ray.ray_init_s'))} s) vs local executor "
+             f"{num(get(r, 'local.steady_images_per_s'))} img/s steady; "
+             f"{num(get(r, 'settings.images'))} images")
+    return [Row("embed: Ray actors / local executor (steady state)", sides, ratio, "x",
+                ">= 0.9x", _check(ratio, ">=", 0.9)),
+            Row("embed: Ray actors / local executor (end to end, incl. startup)", sides,
                 get(r, "ratio_end_to_end"), "x", "", None)]
 
 
