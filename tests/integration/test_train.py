@@ -174,8 +174,12 @@ def test_one_ray_worker_trains_like_the_local_executor(synthetic_shards: str, tm
     cfg.model.width, cfg.train.epochs, cfg.train.batch_size = 0.125, 2, 32
     cfg.train.num_workers, cfg.train.cpus_per_worker, cfg.train.use_gpu = 1, 1.0, "false"
     cfg.train.record_ids, cfg.run.seed = True, 5
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the Ray worker (1 CPU): the same float summation order
-    local = LocalExecutor(cfg).fit(cfg, synthetic_shards, str(tmp_path / "local"), subset)
+    try:
+        local = LocalExecutor(cfg).fit(cfg, synthetic_shards, str(tmp_path / "local"), subset)
+    finally:
+        torch.set_num_threads(threads)
     on_ray = RayExecutor(cfg).fit(cfg, synthetic_shards, str(tmp_path / "ray"), subset)
 
     for epoch in range(2):  # the same ids in the same order

@@ -2,9 +2,9 @@
 
 The same run as the Ray executor's with one worker (same ids, order, seeds and checkpoint
 files, so the two give the same weights to float tolerance): the subset's rows are read once
-(``id`` and ``image`` of the train split, I/O proportional to the subset), every epoch is a
-global shuffle of them, and the model trains on ``train.use_gpu`` (auto: CUDA when
-available) with torch's threads.
+per fit (:func:`~sas_ray.executors.training.read_rows`), every epoch is a global shuffle of
+them, and the model trains on ``train.use_gpu`` (auto: CUDA when available) with torch's
+threads.
 
 Checkpoints: every ``train.checkpoint_every`` epochs and at the end, a directory
 ``out/<name>/checkpoint_epoch-NNNNNN/`` with ``encoder.pt`` and ``train_state.pt`` (written

@@ -5,16 +5,16 @@ loop of :mod:`sas_ray.core.training.loop`) on ``train.num_workers`` workers.
   subset's rows when training on a subset (:func:`sas_ray.executors.training.read_rows`, the
   local executor's reader), into Ray's object store, once per fit (spilled to disk by Ray if
   they exceed its memory). Every worker maps that table (zero-copy on its node) and reads its
-  rows by position: each epoch is a global shuffle
-  seeded by ``(run.seed, epoch)`` and worker ``r`` takes the ``r``-th slice of every global
-  batch (:mod:`sas_ray.core.training.order`). Why not Ray Data's shuffles: a
-  ``random_shuffle`` per epoch moves every row between tasks every epoch, and
-  ``local_shuffle_buffer_size`` over class-sorted rows left 76% of a CIFAR-10 batch in one
-  class; a permutation of positions costs nothing, and with one worker the order (hence the
-  weights) equals the local executor's.
-- Workers: DDP over gloo on CPUs, or NCCL with mixed precision when ``train.use_gpu``
-  resolves to GPUs (:func:`sas_ray.executors.ray.session.want_gpu`); the NT-Xent negatives are
-  gathered across workers, so N workers train exactly like one with the global batch.
+  rows by position: each epoch is a global shuffle seeded by ``(run.seed, epoch)`` and worker
+  ``r`` takes the ``r``-th slice of every global batch (:mod:`sas_ray.core.training.order`).
+  Why not Ray Data's shuffles: a ``random_shuffle`` per epoch moves every row between tasks
+  every epoch, and ``local_shuffle_buffer_size`` over class-sorted rows left 76% of a
+  CIFAR-10 batch in one class; a permutation of positions costs nothing, and with one worker
+  the order (hence the weights) equals the local executor's.
+- Workers: DDP (the method module wrapped) over gloo on CPUs, or NCCL with mixed precision
+  when ``train.use_gpu`` resolves to GPUs (:func:`sas_ray.executors.ray.session.want_gpu`);
+  losses that need negatives gather them across workers, so N workers train like one with
+  the global batch.
   Batch norm statistics are per worker (no SyncBatchNorm, which needs CUDA).
 - Checkpoints: rank 0 reports the checkpoint directory of
   :mod:`sas_ray.executors.training`. After a worker failure Ray Train restarts the group (up
