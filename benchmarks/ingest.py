@@ -43,7 +43,7 @@ from benchmarks.machine import machine_info, machine_line
 from sas_ray.config import Config
 from sas_ray.executors.local import LocalExecutor
 from sas_ray.executors.ray import RayExecutor
-from sas_ray.executors.ray.session import ensure_ray
+from sas_ray.executors.ray.session import cluster_cpus, ensure_ray
 from sas_ray.stages.ingest import ingest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,10 +106,8 @@ def main() -> None:
     cfg = Config()
     cfg.run.num_cpus = args.num_cpus
     os.environ["RAY_worker_niceness"] = str(args.worker_niceness)  # noqa: SIM112 (Ray reads this name)
+    os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"] = "1"  # read when Ray Data is imported
     ensure_ray(cfg.run)
-    import ray.data
-
-    ray.data.DataContext.get_current().enable_progress_bars = False
     with tempfile.TemporaryDirectory(prefix="sasray-ingest-bench-") as tmp:
         work = Path(tmp)
         timed_ingest("synthetic", work / "warmup", cfg, parallel=True)  # start Ray's workers
@@ -125,7 +123,7 @@ def main() -> None:
         "ratio_ray_vs_plain": results["directory"]["ratio"],
         "targets": {"whole_archive_seconds_below": 60, "directory_ratio_at_least": 1.3},
         "repeats": repeats,
-        "ray_cpus": ray.cluster_resources().get("CPU"),
+        "ray_cpus": cluster_cpus(),
         "ray_worker_niceness": args.worker_niceness,
         "load_avg_1m_end": round(os.getloadavg()[0], 2),
         "machine": info,

@@ -1,12 +1,14 @@
-"""Ingest: an image source -> a ``shards`` artifact, in parallel with Ray Data.
+"""Ingest: an image source -> a ``shards`` artifact, on either executor.
 
 The driver lists the source (:func:`sas_ray.core.data.sources.open_source`) and cuts it into
 blocks of ``data.shard_size`` items in id order; a block carries each item's payload (encoded
-bytes, a file path, or raw pixels). Ray Data maps :func:`write_block` over the blocks: each
-call reads/decodes/encodes its images, writes one Parquet shard into the artifact's staging
-directory and returns a one-row stats table. The driver sums the stats into the manifest.
-For a directory the reads happen in the workers; a tar stream is decompressed once on the
-driver (a gzip stream is sequential), and the workers do the decoding and writing.
+bytes, a file path, or raw pixels). The executor maps :func:`write_block` over the blocks
+(:meth:`~sas_ray.executors.base.Executor.map_blocks`: Ray Data tasks, or a loop in this
+process): each call reads/decodes/encodes its images, writes one Parquet shard into the
+artifact's staging directory and returns a one-row stats table. The driver sums the stats
+into the manifest, so both executors write the same shards and manifest. For a directory the
+reads happen in the workers; a tar stream is decompressed once on the driver (a gzip stream
+is sequential), and the workers do the decoding and writing.
 
 Corrupt images: ``data.on_corrupt=fail`` stops with the file's name; ``skip`` drops them and
 lists them in the manifest (their ids stay unused, so other ids do not move).

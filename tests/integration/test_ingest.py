@@ -1,4 +1,5 @@
-"""Ingest with Ray Data (the shared session): synthetic, directory, tar, corrupt files, CLI."""
+"""Ingest on the Ray executor (the shared session) and the local one: synthetic, directory, tar,
+corrupt files, CLI; the shard readers (Ray Data, planned batches)."""
 
 from __future__ import annotations
 
