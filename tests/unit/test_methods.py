@@ -289,8 +289,7 @@ def test_build_from_config_and_checkpoint_round_trip(name: str, tmp_path) -> Non
     method = build_method(cfg)
     assert method.name == name and method.params is getattr(cfg.method, name)
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
-    gen = torch.Generator().manual_seed(0)
-    loss = method(*[aug(images, gen) for aug in method.augments(32)])
+    loss = method(*method.views(images, method.augments(32), torch.Generator().manual_seed(0)))
     loss.backward()
     method.after_step(0, 4)  # the momentum encoders and MoCo's queue move off their start
     path = str(tmp_path / "encoder.pt")

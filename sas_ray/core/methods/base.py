@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from sas_ray.core.data.augment import SimCLRAugment
+from sas_ray.core.data.augment import Generators, SimCLRAugment
 from sas_ray.core.models.heads import Encoder, Projector, simclr_projector
 
 
@@ -59,9 +59,13 @@ class Method(nn.Module):
         return self.encoder.head.blocks[-1][1]
 
     def augments(self, size: int) -> list[SimCLRAugment]:
-        """One augmentation per view, for images of side ``size``: ``forward`` takes
-        ``[aug(images) for aug in augments(size)]``, each ``(n, 3, size, size)``."""
+        """One augmentation per view, for images of side ``size``."""
         return [SimCLRAugment(size=size, **p) for p in self.view_params]
+
+    def views(self, images: torch.Tensor, augments: list[SimCLRAugment],
+              generator: Generators = None) -> list[torch.Tensor]:
+        """The views of uint8 ``images (n, 3, H, W)``: one float ``(n, 3, s, s)`` per augment."""
+        return [aug(images, generator) for aug in augments]
 
     def forward(self, *views: torch.Tensor) -> torch.Tensor:
         """The loss (a scalar) of one batch of views, each ``(n, 3, s, s)``."""
