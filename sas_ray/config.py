@@ -218,7 +218,7 @@ class ProxyConfig:
 
 @dataclass
 class EmbedConfig:
-    """Ray Data embedding stage."""
+    """Embedding stage (Ray executor: an actor pool; local executor: this process)."""
 
     views: int = setting(2, ge=0)  # augmented views per image; 0 = the un-augmented image
     dtype: Literal["float32", "float16"] = "float32"
@@ -226,9 +226,9 @@ class EmbedConfig:
     num_actors: int = setting(2, result=False, ge=1)  # on a GPU cluster: at most one per GPU
     feature: Literal["projection", "backbone"] = "projection"
     image_size: int | None = setting(None, ge=1)  # None: the size the proxy was trained at
-    # None: (cluster CPUs - 1) / num_actors
+    # Ray only; None: (cluster CPUs - 1) / num_actors
     cpus_per_actor: float | None = setting(None, result=False, gt=0)
-    # torch threads per actor; None: floor(cpus_per_actor), >= 1
+    # torch threads per actor; None: floor(cpus_per_actor), >= 1 (local executor: every core)
     threads: int | None = setting(None, result=False, ge=1)
 
 
