@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from sas_ray.config import Config, EmbedConfig
+from sas_ray.config import Config, EmbedConfig, result_settings
 from sas_ray.core.data.augment import SimCLRAugment, to_nchw
 from sas_ray.core.data.images import decode_images
 from sas_ray.core.embedding import encoder_fingerprint, mean_view_embeddings
@@ -138,8 +138,7 @@ def embed(cfg: Config, data_uri: str, proxy: str, out: str, executor: Executor |
                                ecfg.feature).shape[1]
     inputs = {"shards": shards["fingerprint"], "proxy": encoder_fingerprint(model)}
     del model
-    settings = {"views": ecfg.views, "dtype": ecfg.dtype, "feature": ecfg.feature,
-                "image_size": image_size}
+    settings = {**result_settings(ecfg), "image_size": image_size}
     seed = cfg.run.seed
     fp = storage.stage_fingerprint(STAGE, settings, inputs, seed)
     if storage.is_fresh(out, fp):

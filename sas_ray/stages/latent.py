@@ -12,7 +12,6 @@ calling process on either executor (one pass over an (n, d) matrix).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import time
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from sas_ray.config import Config
+from sas_ray.config import Config, result_settings
 from sas_ray.core.selection.latent import latent_classes
 from sas_ray.io import storage
 from sas_ray.io.artifacts import EMBEDDINGS, PARTITION, commit_table, read_embeddings
@@ -38,7 +37,7 @@ def partition(cfg: Config, embeddings_uri: str, out: str) -> dict[str, Any]:
     """Latent classes of the embeddings at ``embeddings_uri`` (``cfg.latent``), committed as
     a ``partition`` artifact at ``out``; returns its manifest (reused when up to date)."""
     emb = read_embeddings(embeddings_uri)
-    config = dataclasses.asdict(cfg.latent)
+    config = result_settings(cfg.latent)
     inputs = {EMBEDDINGS: emb.fingerprint}
     seed = cfg.run.seed
     if storage.is_fresh(out, storage.stage_fingerprint(PARTITION, config, inputs, seed)):

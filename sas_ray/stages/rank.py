@@ -14,7 +14,6 @@ the class and the seed, so the merged ranking is the single-process one on eithe
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import time
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from sas_ray.config import Config
+from sas_ray.config import Config, result_settings
 from sas_ray.core.selection.ranking import check_fraction
 from sas_ray.core.selection.registry import get_selector, is_nested
 from sas_ray.errors import SasRayError
@@ -44,10 +43,7 @@ log = logging.getLogger(__name__)
 
 
 def _ranking_config(cfg: Config, strategy: str, fraction: float | None) -> dict[str, Any]:
-    select = dataclasses.asdict(cfg.select)
-    for key in ("strategies", "num_workers"):  # do not change the result
-        select.pop(key)
-    return {"strategy": strategy, "fraction": fraction, "select": select}
+    return {"strategy": strategy, "fraction": fraction, "select": result_settings(cfg.select)}
 
 
 def rank(cfg: Config, embeddings_uri: str, partition_uri: str, strategy: str, out: str,
