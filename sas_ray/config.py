@@ -173,7 +173,6 @@ class TrainConfig:
     momentum: float = setting(0.9, ge=0, lt=1)
     warmup_epochs: int = setting(0, ge=0)  # linear warm-up epochs
     schedule: Literal["auto", "constant", "cosine"] = "auto"  # auto: adam constant, else cosine
-    temperature: float = setting(0.5, gt=0)
     num_workers: int = setting(1, ge=1)  # DDP workers (per-worker batch: batch_size // num_workers)
     # Ray CPUs per worker (torch threads: its integer part, >= 1)
     cpus_per_worker: float = setting(1.0, result=False, gt=0)
@@ -317,6 +316,12 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def method_settings(cfg: Config) -> dict[str, Any]:
+    """The result settings of the method ``cfg`` trains (its ``method.<train.method>`` keys;
+    the other methods' sections change nothing it computes)."""
+    return result_settings(getattr(cfg.method, cfg.train.method))
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:

@@ -45,7 +45,7 @@ from functools import partial
 from typing import Any
 
 from sas_ray.analysis.records import FINISHED, FULL, TIME_METRIC, TRIALS_FILE
-from sas_ray.config import Config, from_dict, result_settings
+from sas_ray.config import Config, from_dict, method_settings, result_settings
 from sas_ray.errors import SasRayError
 from sas_ray.executors.base import Executor, TrialOutcome
 from sas_ray.io import storage
@@ -68,7 +68,7 @@ Aliases = Mapping[tuple[str, int], str]
 def train_settings(cfg: Config) -> dict[str, Any]:
     """The settings a trained encoder depends on (besides its data and seed)."""
     return {"model": result_settings(cfg.model), "train": result_settings(cfg.train),
-            "image_size": cfg.data.image_size}
+            "method": method_settings(cfg), "image_size": cfg.data.image_size}
 
 
 def train_fingerprint(cfg: Config, inputs: Mapping[str, Any]) -> str:

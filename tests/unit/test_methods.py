@@ -331,3 +331,17 @@ def test_method_keys_live_in_their_own_section() -> None:
     assert set(typing.get_args(typing.get_type_hints(TrainConfig)["method"])) == set(METHODS)
     assert set(typing.get_type_hints(MethodConfig)) == set(METHODS)
 
+
+
+def test_fingerprints_cover_the_trained_method_section_only() -> None:
+    from sas_ray.config import method_settings
+    from sas_ray.stages.sweep import train_settings
+
+    base = Config()
+    assert method_settings(base) == {"temperature": 0.5}
+    other = apply(Config(), {"method.moco.queue_size": 8})  # not the method trained
+    assert train_settings(other) == train_settings(base)
+    moco = apply(Config(), {"train.method": "moco"})
+    assert train_settings(moco) != train_settings(base)
+    smaller = apply(Config(), {"train.method": "moco", "method.moco.queue_size": 8})
+    assert train_settings(smaller) != train_settings(moco)
