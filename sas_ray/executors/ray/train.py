@@ -111,7 +111,10 @@ def build_trainer(cfg: Config, data: str, out: str, train_ids: np.ndarray | None
     ray = ensure_ray(cfg.run)
     ids = prepare_run(cfg, data, out, train_ids, t.num_workers)
     use_gpu = want_gpu(t.use_gpu)
-    count, rows = ray.remote(num_returns=2)(_read_rows).remote(
+    # outside any placement group: in a Tune trial the task would be captured by the trial's
+    # bundle, which holds no CPU (sweep.trial_cpus 0), and could never be scheduled
+    outside = ray.util.scheduling_strategies.PlacementGroupSchedulingStrategy(None)
+    count, rows = ray.remote(num_returns=2, scheduling_strategy=outside)(_read_rows).remote(
         data, None if train_ids is None else ids)
     if ray.get(count) != len(ids):  # raises the read's error, if any
         raise SasRayError(f"the shards at {data} changed while training started; rerun")
