@@ -15,8 +15,10 @@ A :class:`Method` is an ``nn.Module`` that holds
   :mod:`sas_ray.config`), and its projection head (``projector (d, hidden, out) -> blocks``).
 
 ``spec`` (``{"name", "params"}``) and the encoder's spec rebuild the method; checkpoints store
-both. A new method is one module: a subclass with ``name``, ``config_type`` (its config
-dataclass), ``forward`` and whatever else it changes, added to the registry.
+both. A new method is one module here (a subclass with ``name``, ``config_type``, ``forward``
+and whatever else it changes), a line in the registry, and its config dataclass in
+:mod:`sas_ray.config` (a ``MethodConfig`` field, its name in ``MethodName``): the config is the
+bottom layer, so it cannot import the methods.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ class Method(nn.Module):
     name: ClassVar[str]
     config_type: ClassVar[type]
     view_params: ClassVar[tuple[dict[str, Any], ...]] = ({}, {})  # two SimCLR views
+    # (d, hidden, out) -> the encoder's projection head; SimCLR's by default
+    projector: ClassVar[Projector] = staticmethod(simclr_projector)
 
     def __init__(self, encoder: Encoder, params: Any) -> None:
         super().__init__()
@@ -45,9 +49,6 @@ class Method(nn.Module):
                             f"{type(params).__name__}")
         self.encoder = encoder
         self.params = params
-
-    # (d, hidden, out) -> the encoder's projection head; SimCLR's by default
-    projector: ClassVar[Projector] = staticmethod(simclr_projector)
 
     @property
     def spec(self) -> dict[str, Any]:
