@@ -146,6 +146,6 @@ def test_pipeline_job_on_s3_survives_a_killed_driver(ray_head: Head, s3_bucket: 
         assert f"stage {stage}: cached" in logs, logs[-3000:]
     assert "stage sweep: ran" in logs and "linear" in logs.lower(), logs[-3000:]
     fs.invalidate_cache()
-    for artifact in ("partition", "rankings/sas", "report"):
+    for artifact in ("partition/labels", "rankings/labels/sas", "sweep", "report"):
         assert fs.exists(f"{storage}/{artifact}/manifest.json"), artifact
     assert fs.size(f"{storage}/report/accuracy_vs_fraction.png") > 0
