@@ -184,8 +184,6 @@ class TrainConfig:
     knn_every: int = setting(0, result=False, ge=0)
     # labelled train images the online kNN uses (bank + val queries)
     knn_images: int = setting(5000, result=False, ge=2)
-    # keep the encoded train images in Ray's object store up to this size
-    cache_mb: int = setting(1024, result=False, ge=0)
     # write the ids each worker trained on to <out>/ids/ (audit)
     record_ids: bool = setting(False, result=False)
 

@@ -123,7 +123,7 @@ def test_result_settings_leave_out_scheduling_and_bookkeeping() -> None:
     train = config_mod.result_settings(Config().train)
     assert "epochs" in train and "num_workers" in train and "amp" in train
     for key in ("max_failures", "checkpoint_every", "record_ids", "knn_every", "knn_images",
-                "cpus_per_worker", "cache_mb"):
+                "cpus_per_worker"):
         assert key not in train
     assert set(config_mod.result_settings(Config().embed)) == {"views", "dtype", "feature",
                                                                "image_size"}
