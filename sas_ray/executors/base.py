@@ -47,6 +47,13 @@ class Workers:
     threads: int | None = None  # torch threads each; None: floor(cpus) (local: every core)
 
 
+def last_line(text: str) -> str:
+    """The last non-empty line of an error text (at most 300 characters): a failed trial's
+    :attr:`TrialOutcome.error`."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else "unknown error"
+
+
 @dataclass
 class TrialOutcome:
     """What became of one trial: ``metrics`` when it returned, ``error`` (the last line) when

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from sas_ray import config
@@ -20,6 +21,7 @@ from sas_ray.executors.ray.tune import max_concurrent_trials
 from sas_ray.io import storage
 from sas_ray.pipeline import Layout, ranking_plan
 from sas_ray.stages import sweep
+from sas_ray.stages.pool import stratified
 from sas_ray.stages.sweep import (
     SweepSpec,
     check_subset_sizes,
@@ -171,6 +173,18 @@ def test_the_replication_configs_plan_the_paper_comparisons(name: str) -> None:
     if name.endswith("gpu"):
         assert (cfg.model.arch, cfg.model.width, cfg.data.pool_size) == ("resnet18", 1.0, None)
         assert cfg.run.executor == "local"
+
+
+def test_the_pool_is_stratified_and_seeded() -> None:
+    labels = np.repeat([0, 1, 2], [50, 30, 20])
+    rows = stratified(labels, 10, seed=0)
+    assert np.bincount(labels[rows]).tolist() == [4, 3, 3]  # 10 = 3 x 3 + 1 for class 0
+    assert rows.tolist() == sorted(set(rows.tolist()))
+    assert rows.tolist() == stratified(labels, 10, seed=0).tolist()
+    assert rows.tolist() != stratified(labels, 10, seed=1).tolist()
+    assert stratified(labels, 500, seed=0).tolist() == list(range(100))
+    with pytest.raises(SasRayError, match=r"lower --data\.pool_size"):
+        stratified(labels, 90, seed=0)  # 30 per class, class 2 has 20
 
 
 def test_trials_get_absolute_local_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

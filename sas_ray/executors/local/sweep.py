@@ -12,15 +12,9 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sas_ray.executors.base import TrialFn, TrialOutcome
+from sas_ray.executors.base import TrialFn, TrialOutcome, last_line
 
 log = logging.getLogger(__name__)
-
-
-def last_line(text: str) -> str:
-    """The last non-empty line of an error text (at most 300 characters)."""
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else "unknown error"
 
 
 def run_one(fn: TrialFn, params: dict[str, Any], max_failures: int) -> TrialOutcome:

@@ -36,8 +36,7 @@ import ray.tune
 
 from sas_ray.config import Config
 from sas_ray.errors import SasRayError
-from sas_ray.executors.base import TrialFn, TrialOutcome
-from sas_ray.executors.local.sweep import last_line
+from sas_ray.executors.base import TrialFn, TrialOutcome, last_line
 from sas_ray.io import storage
 
 log = logging.getLogger(__name__)
