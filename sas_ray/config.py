@@ -268,6 +268,24 @@ class SelectConfig:
     supervised_batch_size: int = setting(128, ge=1)  # forgetting/el2n: minibatch size
     el2n_epochs: int = setting(2, ge=1)  # el2n: epochs trained before scoring (early in training)
     el2n_seeds: int = setting(3, ge=1)  # el2n: independent runs averaged
+    hkmeans_levels: int = setting(2, ge=1)  # hkmeans: levels of the k-means hierarchy
+    # hkmeans: clusters per level, first = finest; []: round(n ** ((L - l + 1) / (L + 1)))
+    hkmeans_clusters: list[int] = setting(factory=list, ge=1)
+    # hkmeans: resampling steps per level; []: 0 at level 1, 10 above
+    hkmeans_resample_steps: list[int] = setting(factory=list, ge=0)
+    # hkmeans: which rows a level-1 cluster gives first
+    hkmeans_sampling: Literal["random", "closest"] = "random"
+    dbp_clusters: int = setting(0, ge=0)  # dbp: k-means clusters; 0: round(sqrt(n))
+    dbp_neighbors: int = setting(20, ge=1)  # dbp: nearest centroids in d_inter
+    dbp_temperature: float = setting(0.1, gt=0)  # dbp: softmax temperature of the complexity
+    dbp_within: Literal["random", "easy", "hard"] = "random"  # dbp: order within a cluster
+    # sas: a previous sas ranking to extend with new rows ('previous': the stale ranking at
+    # the output itself, the pipeline's hook); None: rank from scratch
+    incremental: str | None = setting(None, result=False)
+    # incremental: a class that gained rows is re-ranked (rerun: equals a full run) or its
+    # previous order extended by the new rows (extend: faster, an approximation; recorded in
+    # an incremental ranking's config)
+    incremental_greedy: Literal["rerun", "extend"] = setting("extend", result=False)
 
 
 @dataclass

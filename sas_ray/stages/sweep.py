@@ -55,7 +55,8 @@ log = logging.getLogger(__name__)
 TRIAL_STAGE = "trial"
 SWEEP_STAGE = "sweep"
 RESULT_FILE = "result.json"
-LATENT_FREE = frozenset({"random"})  # strategies whose ranking ignores the latent classes
+# strategies whose ranking ignores the latent classes (hkmeans, dbp: their own clustering)
+LATENT_FREE = frozenset({"random", "hkmeans", "dbp"})
 SKIPPED = "skipped"  # metrics key of a trial that the time budget did not let start
 
 # (strategy, latent method or None, fraction) -> (ranking URI, ranking fingerprint)

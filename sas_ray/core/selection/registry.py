@@ -23,6 +23,8 @@ from sas_ray.core.selection.baselines import (
     select_random_balanced,
     select_semdedup,
 )
+from sas_ray.core.selection.dbp import select_dbp
+from sas_ray.core.selection.hkmeans import select_hkmeans
 from sas_ray.core.selection.ranking import ClassMap, Ranking, map_serial
 from sas_ray.core.selection.reference import select_sas_reference
 from sas_ray.core.selection.sas import select_sas
@@ -49,6 +51,8 @@ SELECTORS: dict[str, Selector] = {
     "forgetting-most": partial(select_forgetting, most_first=True),
     "el2n-easy": partial(select_el2n, hardest_first=False),
     "el2n-hard": partial(select_el2n, hardest_first=True),
+    "hkmeans": select_hkmeans,
+    "dbp": select_dbp,
 }
 
 NEEDS_LABELS = frozenset({"forgetting-least", "forgetting-most", "el2n-easy", "el2n-hard"})
@@ -67,6 +71,8 @@ DESCRIPTIONS: dict[str, str] = {
     "forgetting-most": "most forgetting events of a head trained on embeddings (needs labels)",
     "el2n-easy": "lowest EL2N of a briefly trained head first (needs labels)",
     "el2n-hard": "highest EL2N of a briefly trained head first (needs labels)",
+    "hkmeans": "hierarchical k-means, balanced sampling over its clusters (Vo et al. 2024)",
+    "dbp": "density-based pruning: cluster budgets by complexity (Abbas et al. 2024)",
 }
 
 
