@@ -258,6 +258,13 @@ class SelectConfig:
     block_size: int = setting(4096, result=False, ge=1)  # rows per block of similarity products
     # sas: largest per-class similarity matrix kept in memory (MiB)
     matrix_mb: int = setting(1024, result=False, ge=0)
+    # sas: array library of the greedy (auto: torch where a CUDA device is visible, else numpy;
+    # the orders agree up to float rounding of the similarity products)
+    backend: Literal["auto", "numpy", "torch"] = setting("auto", result=False)
+    device: Literal["auto", "cpu", "cuda"] = setting("auto", result=False)  # torch backend
+    # sas: rank greedily up to this fraction, the rest by their gain at the stop (a cut at a
+    # larger fraction is refused); the pipeline uses max(sweep.fractions)
+    rank_limit: float = setting(1.0, result=False, gt=0, le=1)
     # parallel tasks/processes over latent classes
     num_workers: int = setting(2, result=False, ge=1)
     # prototypes/semdedup: k-means clusters within a latent class

@@ -6,12 +6,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sas_ray.core.selection.ranking import ClassFn, ClassJob, ClassOrder
+from sas_ray.core.selection.ranking import ClassFn, ClassJob, ClassOrder, rank_classes
 
 
 def rank_chunk(fn: ClassFn, x: np.ndarray, jobs: Sequence[ClassJob]) -> list[ClassOrder]:
-    """One work unit: rank a group of classes, reading their rows from ``x``."""
-    return [fn(x[job.rows], job) for job in jobs]
+    """One work unit: rank a group of classes, reading their rows from ``x`` (together
+    where ``fn`` batches classes, see :func:`~sas_ray.core.selection.ranking.rank_classes`)."""
+    return rank_classes(fn, x, jobs)
 
 
 def balanced_groups(jobs: Sequence[ClassJob], groups: int) -> list[list[ClassJob]]:

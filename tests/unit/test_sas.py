@@ -9,7 +9,7 @@ import pytest
 from sas_ray.config import SelectConfig
 from sas_ray.core.selection.ranking import ClassJob, class_budgets, subset_size
 from sas_ray.core.selection.reference import select_sas_reference
-from sas_ray.core.selection.sas import double_greedy, sas_class_order, select_sas
+from sas_ray.core.selection.sas import SasRanker, double_greedy, select_sas
 from sas_ray.core.selection.similarity import Columns, row_sums, self_similarity
 from sas_ray.errors import SasRayError
 
@@ -203,8 +203,8 @@ def test_refinement_takes_the_double_greedy_set_only_when_it_is_better(rule: str
         greedy = select_sas(x, np.zeros(60, dtype=np.int64), None, 0, SelectConfig()).order
         for budget in (6, 18, 30, 45):
             job = ClassJob(index=0, label=0, rows=np.arange(60), budget=budget, seed=seed)
-            got = sas_class_order(x, job, floor=None, matrix_mb=1024, block_size=64,
-                                  refine=rule).order[:budget]
+            got = SasRanker(floor=None, matrix_mb=1024, block_size=64,
+                            refine=rule)(x, job).order[:budget]
             mask, value = double_greedy(cols, rowsum, diag, greedy, budget, rule, job.rng())
             better = value > cut_value(sim(x, None), greedy[:budget])
             want = np.flatnonzero(mask) if better else greedy[:budget]

@@ -91,6 +91,7 @@ class ClassJob:
     rows: np.ndarray  # (n_k,) int64 row indices into the embeddings, ascending
     budget: int | None  # rows to keep for a non-nested strategy; None: rank all
     seed: int
+    limit: int | None = None  # rows a rank-limited strategy must rank exactly; None: all
 
     def rng(self) -> np.random.Generator:
         """A generator that depends on the seed and the class only (not on scheduling)."""
@@ -109,9 +110,16 @@ ClassFn = Callable[[np.ndarray, ClassJob], ClassOrder]
 ClassMap = Callable[[ClassFn, np.ndarray, Sequence[ClassJob]], list[ClassOrder]]
 
 
+def rank_classes(fn: ClassFn, x: np.ndarray, jobs: Sequence[ClassJob]) -> list[ClassOrder]:
+    """Rank a group of classes of ``x``: by ``fn.batch(x, jobs)`` where ``fn`` ranks classes
+    together (SAS batches them on one device), else by ``fn`` class after class."""
+    batch = getattr(fn, "batch", None)
+    return batch(x, jobs) if batch is not None else [fn(x[job.rows], job) for job in jobs]
+
+
 def map_serial(fn: ClassFn, x: np.ndarray, jobs: Sequence[ClassJob]) -> list[ClassOrder]:
-    """Rank classes one after another in this process (the Ray layer maps them in tasks)."""
-    return [fn(x[job.rows], job) for job in jobs]
+    """Rank classes in this process (the executors map groups of them to tasks/processes)."""
+    return rank_classes(fn, x, jobs)
 
 
 def check_inputs(embeddings: np.ndarray, latent: np.ndarray, fraction: float | None,
@@ -140,17 +148,22 @@ def check_inputs(embeddings: np.ndarray, latent: np.ndarray, fraction: float | N
                           "--latent.min_class_size) or use fewer k-means clusters")
 
 
-def class_jobs(latent: np.ndarray, seed: int, fraction: float | None = None) -> list[ClassJob]:
+def class_jobs(latent: np.ndarray, seed: int, fraction: float | None = None,
+               limit: float = 1.0) -> list[ClassJob]:
     """One job per latent class (ascending class value), with quota budgets when a fraction
-    is given."""
+    is given, and with the class's quota count at fraction ``limit`` as ``job.limit`` when
+    ``limit`` < 1 (the rows every cut up to ``limit`` can take from the class)."""
     values, inverse = np.unique(latent, return_inverse=True)
     members = np.argsort(inverse, kind="stable")
     sizes = np.bincount(inverse, minlength=len(values))
     splits = np.split(members, np.cumsum(sizes)[:-1])
     budgets = (class_budgets(sizes, subset_size(fraction, latent.shape[0]))
                if fraction is not None else [None] * len(values))
+    limits = (class_budgets(sizes, subset_size(limit, latent.shape[0])) if limit < 1.0
+              else [None] * len(values))
     return [ClassJob(index=i, label=int(values[i]), rows=splits[i].astype(np.int64),
-                     budget=None if budgets[i] is None else int(budgets[i]), seed=int(seed))
+                     budget=None if budgets[i] is None else int(budgets[i]), seed=int(seed),
+                     limit=None if limits[i] is None else int(limits[i]))
             for i in range(len(values))]
 
 
@@ -164,6 +177,7 @@ class Ranking:
     nested: bool  # True: the prefix of every size is the strategy's subset of that size
     balanced: bool  # True: every prefix is per-class proportional (quota method)
     fraction: float | None = None  # the only fraction a non-nested ranking is valid for
+    limit: float = 1.0  # prefixes are the strategy's subsets up to this fraction only
 
     def size(self, fraction: float | None = None) -> int:
         """Rows in the subset at ``fraction`` (non-nested rankings: their own fraction)."""
@@ -176,7 +190,12 @@ class Ranking:
             raise SasRayError(f"this ranking was built for fraction {self.fraction} only (the "
                               f"strategy is not nested); re-run select with --fraction "
                               f"{fraction}")
-        return subset_size(fraction, self.order.shape[0])
+        m = subset_size(fraction, self.order.shape[0])
+        if m > subset_size(self.limit, self.order.shape[0]):
+            raise SasRayError(f"this ranking is ranked up to fraction {self.limit} only "
+                              f"(select.rank_limit); re-run select with --select.rank_limit "
+                              f"{fraction}")
+        return m
 
     def cut(self, fraction: float | None = None) -> np.ndarray:
         """Row indices of the subset at ``fraction``: ``order[:floor(f n + 1/2)]``."""
@@ -185,7 +204,7 @@ class Ranking:
     @classmethod
     def from_class_orders(cls, latent: np.ndarray, jobs: Sequence[ClassJob],
                           results: Sequence[ClassOrder], *, nested: bool,
-                          fraction: float | None = None) -> Ranking:
+                          fraction: float | None = None, limit: float = 1.0) -> Ranking:
         """Interleave per-class orders by the quota sequence of the class sizes."""
         sizes = [job.rows.shape[0] for job in jobs]
         for job, res in zip(jobs, results, strict=True):
@@ -200,4 +219,4 @@ class Ranking:
                                        for job, res in zip(jobs, results, strict=True)])
         scores[slots] = np.concatenate([res.scores for res in results])
         return cls(order=order, scores=scores, latent=latent.astype(np.int64, copy=False),
-                   nested=nested, balanced=True, fraction=fraction)
+                   nested=nested, balanced=True, fraction=fraction, limit=limit)
