@@ -44,7 +44,7 @@ class ConfigError(SasRayError):
 
 
 Arch = Literal["resnet10", "resnet18", "resnet34", "resnet50"]  # core.models.backbones.ARCHS
-LatentMethod = Literal["labels", "few-labels", "kmeans"]
+LatentMethod = Literal["labels", "few-labels", "kmeans", "clip-zeroshot"]
 MethodName = Literal["simclr", "moco", "byol", "simsiam"]  # sas_ray.core.methods.METHODS
 
 
@@ -208,6 +208,12 @@ class ProxyConfig:
     """The proxy encoder whose embeddings drive selection."""
 
     checkpoint: str | None = None  # a sas-ray checkpoint or torchvision weights file; None: train
+    # train: a SimCLR run; or a pretrained encoder loaded from proxy.weights, no training:
+    # sas-ray, torchvision:NAME, timm:NAME, open_clip:ARCH (sas_ray.core.models.encoders)
+    encoder: str = "train"
+    weights: str | None = None  # the pretrained encoder's file or directory (local or s3://)
+    # with no proxy.weights, let torchvision/timm/open_clip download their pretrained weights
+    allow_download: bool = setting(False, result=False)
     epochs: int = setting(3, ge=1)  # epochs of the proxy SimCLR run when no checkpoint is given
     arch: Arch | None = None  # proxy backbone; None: model.arch
     width: float | None = setting(None, gt=0)  # proxy channel multiplier; None: model.width
@@ -222,7 +228,8 @@ class EmbedConfig:
     batch_size: int = setting(256, result=False, ge=1)  # embeddings are seeded per (seed, id)
     num_actors: int = setting(2, result=False, ge=1)  # on a GPU cluster: at most one per GPU
     feature: Literal["projection", "backbone"] = "projection"
-    image_size: int | None = setting(None, ge=1)  # None: the size the proxy was trained at
+    image_size: int | None = setting(None, ge=1)  # None: the proxy's own input size
+    amp: bool = True  # bf16 autocast on GPUs
     # Ray only; None: (cluster CPUs - 1) / num_actors
     cpus_per_actor: float | None = setting(None, result=False, gt=0)
     # torch threads per actor; None: floor(cpus_per_actor), >= 1 (local executor: every core)
@@ -244,6 +251,10 @@ class LatentConfig:
     kmeans_batch_size: int = setting(4096, ge=1)  # kmeans: rows per mini-batch
     # kmeans: rows sampled for k-means++ initialisation
     kmeans_init_sample: int = setting(20000, ge=1)
+    # clip-zeroshot: one class name per line; None: the shards' class names
+    class_names_file: str | None = setting(None, result=False)
+    # clip-zeroshot: prompt templates, {} = the class name; []: the standard CLIP ImageNet ones
+    prompts: list[str] = setting(factory=list)
 
 
 @dataclass
