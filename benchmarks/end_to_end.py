@@ -57,13 +57,15 @@ def write_imagefolder(archive: Path, pool: int, root: Path) -> int:
         raise SasRayError(f"CIFAR-10 archive {archive} does not exist; pass --data pointing at "
                           "cifar10-jpeg.tar.gz (see ../shared/datasets/README.md)")
     src = imagefolder_tar(str(archive))
-    train = [it for it in src.items if it.split == "train"]
-    labels = np.array([it.label for it in train])
-    for i in stratified(labels, pool, seed=0):
-        item = train[i]
-        path = root / "train" / src.class_names[item.label] / item.name.rsplit("/", 1)[-1]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(item.payload)
+    train = [i for i, it in enumerate(src.items) if it.split == "train"]
+    labels = np.array([src.items[i].label for i in train])
+    chosen = {train[i] for i in stratified(labels, pool, seed=0)}
+    for i, data in src.stream():
+        if i in chosen:
+            item = src.items[i]
+            path = root / "train" / src.class_names[item.label] / item.name.rsplit("/", 1)[-1]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
     return min(pool, len(train))
 
 

@@ -71,7 +71,8 @@ class Executor(Protocol):
 
     def map_blocks(self, fn: BlockFn, blocks: Iterable[pa.Table]) -> Iterable[dict[str, Any]]:
         """Apply ``fn`` to every block (in any order, in parallel where possible); yield the
-        rows of the returned stats tables."""
+        rows of the returned stats tables. ``blocks`` may be a generator over a streamed
+        source: take blocks from it lazily, a bounded number in flight."""
         ...
 
     def map_batches(self, fn: BatchClass, fn_kwargs: dict[str, Any], data: str, split: str,

@@ -7,7 +7,10 @@ Columns (:data:`SCHEMA`)::
     label  int64    index into ``class_names``; null when the source has no label
     split  string   "train" | "test" | "unlabeled" | ...
 
-Rows are in id order within a shard. The manifest's ``meta`` (written by
+Rows are in id order within a shard (a shard of a tar holds the ids of consecutive
+archive members, which are consecutive ids when the archive is in path order). The image
+column is stored without Parquet compression. Each file's footer records its rows per split
+and label (:data:`COUNTS_KEY`). The manifest's ``meta`` (written by
 :func:`sas_ray.stages.ingest.ingest`)::
 
     source           the source string given to ingest
@@ -19,14 +22,20 @@ Rows are in id order within a shard. The manifest's ``meta`` (written by
     num_shards       Parquet files
     skipped_corrupt  {"count": n, "examples": [names]}  (data.on_corrupt=skip)
     ignored_files    {"count": n, "examples": [names]}  (non-image files in the source)
+    empty_classes    {"count": n, "examples": [dirs]}   (class directories with no image)
 
-Readers read only the files the manifest lists, and check the schema first. Nothing here
+Before ingest commits, the footers of the files it lists must hold exactly the rows that
+``splits`` counts (:func:`verify_commit`); ``sas-ray info`` shows the footers' counts and
+flags any difference. Readers read only the files the manifest lists, and check the schema
+first. Nothing here
 imports Ray (the Ray Data reader is :func:`sas_ray.executors.ray.data.read_dataset`).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +52,7 @@ from sas_ray.errors import SasRayError
 from sas_ray.io import storage
 
 STAGE = "shards"
+COUNTS_KEY = "sas_ray.counts"  # footer key of a shard's JSON {split: {label or "null": rows}}
 SCHEMA = pa.schema([("id", pa.int64()), ("image", pa.binary()), ("label", pa.int64()),
                     ("split", pa.string())])
 _ACCEPTED = {  # types a reader accepts per column (large variants appear after some writers)
@@ -65,14 +75,98 @@ def validate_schema(schema: pa.Schema, where: str) -> None:
                               "rebuild it with `sas-ray ingest`")
 
 
-def write_shard(table: pa.Table, uri: str) -> None:
-    """Write one shard (a table with exactly :data:`SCHEMA`) to a local path or ``s3://`` URI."""
+def split_counts(table: pa.Table) -> dict[str, dict[str, int]]:
+    """Rows of a shard table per split and label: ``{split: {label or "null": n}}``."""
+    counts: dict[str, dict[str, int]] = {}
+    pairs = zip(table["split"].to_pylist(), table["label"].to_pylist(), strict=True)
+    for (split, label), n in collections.Counter(pairs).items():
+        counts.setdefault(split, {})["null" if label is None else str(label)] = n
+    return counts
+
+
+def write_shard(table: pa.Table, uri: str) -> dict[str, dict[str, int]]:
+    """Write one shard (a table with exactly :data:`SCHEMA`) to a local path or ``s3://`` URI;
+    return its :func:`split_counts`, which are also stored in the file's footer
+    (:data:`COUNTS_KEY`). The image column is stored as given (no Parquet compression: its
+    bytes are JPEG/PNG already); the others are zstd-compressed."""
+    counts = split_counts(table)
+    table = table.cast(SCHEMA).replace_schema_metadata({COUNTS_KEY: json.dumps(counts)})
     fs, path = storage.filesystem(uri)
     with storage.s3_errors(uri):
         if not storage.is_s3(uri):
             fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        pq.write_table(table.cast(SCHEMA), path, filesystem=fs, compression="zstd",
-                       row_group_size=1024)
+        pq.write_table(table, path, filesystem=fs, row_group_size=1024,
+                       compression={"id": "zstd", "image": "none", "label": "zstd",
+                                    "split": "zstd"},
+                       use_dictionary=["label", "split"])
+    return counts
+
+
+def file_counts(uri: str, files: list[str]) -> dict[str, dict[str, int]]:
+    """Rows per split and label of the Parquet ``files`` (relative to the artifact ``uri``),
+    from their footers: the row count, and the per-split counts written there by
+    :func:`write_shard` (whose sum must equal it); a file written without them (by an older
+    version) has its split and label columns read instead."""
+    fs, base = storage.filesystem(uri)
+    total: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    with storage.s3_errors(uri):
+        for name in files:
+            if not name.endswith(".parquet"):
+                continue
+            path = f"{base}/{name}"
+            with fs.open_input_file(path) as f:
+                footer = pq.read_metadata(f)
+            stored = (footer.metadata or {}).get(COUNTS_KEY.encode())
+            if stored is None:
+                counts = split_counts(pq.read_table(path, columns=["split", "label"],
+                                                    filesystem=fs))
+            else:
+                counts = json.loads(stored)
+                if sum(n for c in counts.values() for n in c.values()) != footer.num_rows:
+                    raise SasRayError(f"shard {uri}/{name} holds {footer.num_rows} rows but "
+                                      "its footer counts differ; rebuild it with "
+                                      "`sas-ray ingest --force`")
+            for split, per_label in counts.items():
+                total[split].update(per_label)
+    return {split: dict(c) for split, c in total.items()}
+
+
+def meta_counts(meta: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """The manifest meta's ``splits`` in the shape of :func:`file_counts` (zeros left out)."""
+    index = {name: str(i) for i, name in enumerate(meta["class_names"])}
+    out: dict[str, dict[str, int]] = {}
+    for split, entry in meta["splits"].items():
+        per = {index[name]: n for name, n in entry["per_class"].items() if n}
+        if entry["no_label"]:
+            per["null"] = entry["no_label"]
+        if per:
+            out[split] = per
+    return out
+
+
+def count_mismatch(meta: dict[str, Any], found: dict[str, dict[str, int]]) -> str | None:
+    """None when the files hold exactly the rows the meta counts; else what differs, in a
+    few words per split (``"test: 10,000 in the metadata, 0 in the files"``)."""
+    claimed = meta_counts(meta)
+    if claimed == found:
+        return None
+    parts = []
+    for split in sorted(set(claimed) | set(found)):
+        a, b = claimed.get(split, {}), found.get(split, {})
+        if a != b:
+            parts.append(f"{split}: {sum(a.values()):,} in the metadata, {sum(b.values()):,} in "
+                         f"the files" + ("" if sum(a.values()) != sum(b.values())
+                                         else " (per-class counts differ)"))
+    return "; ".join(parts)
+
+
+def verify_commit(uri: str, files: list[str], meta: dict[str, Any]) -> None:
+    """Refuse to commit a shards manifest whose meta counts differ from the footers of the
+    files it lists (a :func:`sas_ray.io.storage.write_artifact` ``verify`` hook)."""
+    mismatch = count_mismatch(meta, file_counts(uri, files))
+    if mismatch:
+        raise SasRayError(f"the shards staged for {uri} do not match their metadata "
+                          f"({mismatch}); nothing was committed - rerun the ingest")
 
 
 def _id_array(ids: Iterable[int]) -> np.ndarray:
@@ -181,42 +275,59 @@ def read_batch(batch: ShardBatch, filesystem: pafs.FileSystem, split: str,
     return table
 
 
-def info(uri: str) -> dict[str, Any]:
-    """The manifest of the shards at ``uri`` (after checking they are readable)."""
-    return open_dataset(uri)[2]
+def info(uri: str) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:
+    """The manifest of the shards at ``uri`` (after checking they are readable) and the rows
+    its files hold (:func:`file_counts`, from their footers)."""
+    manifest = open_dataset(uri)[2]
+    return manifest, file_counts(uri, manifest["files"])
 
 
-def format_info(uri: str, manifest: dict[str, Any]) -> str:
-    """A readable multi-line summary of a shard dataset's manifest."""
+def format_info(uri: str, manifest: dict[str, Any],
+                found: dict[str, dict[str, int]]) -> str:
+    """A readable multi-line summary of a shard dataset: its manifest, with the counts per
+    split and class that its files hold (``found``), and a last line naming any difference
+    from the counts in the manifest's metadata."""
     meta = manifest["meta"]
     names = meta["class_names"]
+    order = {name: i for i, name in enumerate(SPLIT_NAMES)}
+    splits = sorted(set(meta["splits"]) | set(found), key=lambda s: (order.get(s, 99), s))
+    counts = {s: found.get(s, {}) for s in splits}
+    total = sum(n for c in counts.values() for n in c.values())
     lines = [f"shards      {uri}",
              f"source      {meta['source']}",
              f"fingerprint {manifest['fingerprint']}  (created {manifest['created']})",
-             f"images      {meta['num_images']:,} in {meta['num_shards']} shard(s), "
+             f"images      {total:,} in {meta['num_shards']} shard(s), "
              f"{meta['image_bytes'] / 2**20:,.1f} MiB of image bytes",
              f"image sizes {', '.join(f'{k} ({v:,})' for k, v in meta['image_sizes'].items())}",
              f"classes     {len(names)}"]
-    order = {name: i for i, name in enumerate(SPLIT_NAMES)}
-    splits = dict(sorted(meta["splits"].items(), key=lambda kv: (order.get(kv[0], 99), kv[0])))
-    header = f"  {'class':<20}" + "".join(f"{s:>12}" for s in splits)
-    lines += ["", header]
-    for name in names:
-        lines.append(f"  {name:<20}" + "".join(f"{splits[s]['per_class'].get(name, 0):>12,}"
+    lines += ["", f"  {'class':<20}" + "".join(f"{s:>12}" for s in splits)]
+    for i, name in enumerate(names):
+        lines.append(f"  {name:<20}" + "".join(f"{counts[s].get(str(i), 0):>12,}"
                                                 for s in splits))
-    if any(splits[s]["no_label"] for s in splits):
-        lines.append(f"  {'(no label)':<20}" + "".join(f"{splits[s]['no_label']:>12,}"
+    if any(counts[s].get("null") for s in splits):
+        lines.append(f"  {'(no label)':<20}" + "".join(f"{counts[s].get('null', 0):>12,}"
                                                       for s in splits))
-    lines.append(f"  {'total':<20}" + "".join(f"{splits[s]['images']:>12,}" for s in splits))
+    lines.append(f"  {'total':<20}" + "".join(f"{sum(counts[s].values()):>12,}"
+                                              for s in splits))
     for key, what in (("skipped_corrupt", "corrupt images skipped"),
-                      ("ignored_files", "non-image files ignored")):
-        if meta[key]["count"]:
-            more = ", ..." if meta[key]["count"] > 5 else ""
-            lines.append(f"{what}: {meta[key]['count']} "
-                         f"({', '.join(meta[key]['examples'][:5])}{more})")
+                      ("ignored_files", "non-image files ignored"),
+                      ("empty_classes", "empty class directories (not classes)")):
+        entry = meta.get(key, {"count": 0})
+        if entry["count"]:
+            more = ", ..." if entry["count"] > 5 else ""
+            lines.append(f"{what}: {entry['count']} ({', '.join(entry['examples'][:5])}{more})")
+    mismatch = count_mismatch(meta, found)
+    if mismatch:
+        lines.append(f"MISMATCH: the files do not hold the rows the metadata counts "
+                     f"({mismatch}); the table shows the files")
     return "\n".join(lines)
 
 
 def cli_info(cfg: Config, args: argparse.Namespace) -> None:
-    """``sas-ray info SHARDS``."""
-    print(format_info(args.shards, info(args.shards)))
+    """``sas-ray info SHARDS``: the summary; exit 2 when the files and metadata disagree."""
+    manifest, found = info(args.shards)
+    print(format_info(args.shards, manifest, found))
+    mismatch = count_mismatch(manifest["meta"], found)
+    if mismatch:
+        raise SasRayError(f"the shards at {args.shards} do not hold the rows their manifest "
+                          f"counts ({mismatch}); rebuild them with `sas-ray ingest --force`")

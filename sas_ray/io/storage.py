@@ -24,7 +24,7 @@ import json
 import os
 import platform
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,13 +123,17 @@ class ArtifactWriter:
 @contextlib.contextmanager
 def write_artifact(uri: str, stage: str, *, config: Any = None,
                    inputs: dict[str, str] | None = None, seed: int | None = None,
-                   lease_wait_s: float = 0.0) -> Iterator[ArtifactWriter]:
+                   lease_wait_s: float = 0.0,
+                   verify: Callable[[str, list[str], dict[str, Any]], None] | None = None
+                   ) -> Iterator[ArtifactWriter]:
     """Stage files under ``uri/v-<id>/`` and commit them with a manifest on success.
 
     The artifact's lease is taken first (a live second writer fails with one line naming
     the holder, after waiting up to ``lease_wait_s``) and checked just before the commit. On
     an exception the staging directory is removed and any previous artifact at ``uri`` stays
     untouched. The manifest: :func:`commit_manifest`; it lists only files that exist.
+    ``verify(uri, files, meta)``, when given, sees the files to be listed (relative to
+    ``uri``) and the meta just before the commit, and raises to refuse it.
     """
     run_id = f"v-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     staging = join(uri, run_id)
@@ -145,6 +149,13 @@ def write_artifact(uri: str, stage: str, *, config: Any = None,
                 delete(staging)
             raise
         files = [f[len(_norm(uri)) + 1:] for f in list_files(staging)]
+        if verify is not None:
+            try:
+                verify(uri, files, writer.meta)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    delete(staging)
+                raise
         held.check()
         commit_manifest(uri, stage, files, config=config, inputs=inputs, seed=seed,
                         meta=writer.meta)

@@ -103,7 +103,7 @@ def test_corrupt_image_fails_or_is_skipped(tmp_path: Path, image_folder) -> None
     out = tmp_path / "out"
     with pytest.raises(SasRayError) as err:
         ingest(str(tmp_path / "src"), str(out), _cfg(shard_size=2))
-    assert str(err.value).startswith("corrupt image dog/zz.jpg")
+    assert str(err.value).startswith("1 corrupt image: dog/zz.jpg (")
     assert "--data.on_corrupt skip" in str(err.value) and "\n" not in str(err.value)
     assert storage.list_files(str(out)) == []  # no manifest, no shard: nothing half-written
     manifest = ingest(str(tmp_path / "src"), str(out), _cfg(shard_size=2, on_corrupt="skip"))

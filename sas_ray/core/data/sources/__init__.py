@@ -11,7 +11,10 @@ shards, so the same source always gets the same ids. The order is
 An item's ``payload`` is one of three kinds (``Source.kind``): ``encoded`` bytes as found in
 the source (tar members), a ``file`` path or ``s3://`` URI to read (directories, read in
 parallel by ingest), or raw ``pixels`` (a uint8 array of ``Source.pixel_shape``) that ingest
-encodes as PNG. Nothing here imports Ray or the storage layer: files are read through a
+encodes as PNG. :meth:`Source.stream` yields ``(id, payload)`` in the order that is cheapest
+to read: id order for payloads held in the items, archive order for a tar, whose members
+are read one at a time when streamed (the items then hold no payload). Nothing here
+imports Ray or the storage layer: files are read through a
 :class:`~sas_ray.core.data.files.Files` (local by default; ingest passes one that reaches S3).
 
 Sources are a registry: a spec ``NAME:ARG`` opens with the opener registered as ``NAME``
@@ -22,12 +25,13 @@ ImageFolder layouts (one common wrapper directory is skipped, e.g. ``cifar10/tra
 ``train/<class>/*.jpg`` + ``test/<class>/*.jpg`` (any of :data:`SPLIT_NAMES`), plain
 ``<class>/*.jpg`` (split ``train``), or images without a class folder (label ``None``).
 Labels index the sorted class names of all splits. Files whose extension is not an image
-extension are ignored and reported.
+extension are ignored and reported; so are class directories that hold no image (they are
+not classes).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -61,10 +65,18 @@ class Source:
     items: list[Item]
     pixel_shape: tuple[int, ...] | None = None  # kind "pixels": shape of every payload
     ignored: list[str] = field(default_factory=list)  # non-image files skipped by extension
+    empty_classes: list[str] = field(default_factory=list)  # class dirs without an image
+    # (id, payload) of every item in reading order; None: the items' payloads in id order
+    reader: Callable[[], Iterator[tuple[int, Any]]] | None = None
 
     def __len__(self) -> int:
         return len(self.items)
 
+    def stream(self) -> Iterator[tuple[int, Any]]:
+        """``(id, payload)`` of every item, each once, in reading order (see the module)."""
+        if self.reader is not None:
+            return self.reader()
+        return ((i, it.payload) for i, it in enumerate(self.items))
 
 
 # spec argument (after "NAME:"), data settings, seed, file access -> Source

@@ -1,13 +1,26 @@
-"""ImageFolder sources: a directory or a (compressed) tar of ``[split/]class/image`` files."""
+"""ImageFolder sources: a directory or a (compressed) tar of ``[split/]class/image`` files.
+
+A tar is read in two streaming passes and never held whole: the first lists its members
+(headers only; member data is skipped, though a compressed stream is still decompressed),
+which fixes the ids (sorted paths) and labels; the second, :meth:`Source.stream`, yields
+each image member's bytes in archive order, one member at a time. Memory is bounded by the
+largest member plus one read chunk, whatever the archive's size. A member path that occurs
+more than once counts with its last copy (as extraction would leave it). The second pass
+checks that it sees the members of the first, in the same order.
+"""
 
 from __future__ import annotations
 
 import bz2
+import functools
+import gzip
+import hashlib
 import lzma
 import os
 import zlib
-from collections.abc import Iterator
-from typing import Any
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO, NamedTuple
 
 from sas_ray.core.data.files import LOCAL_FILES, Files, walk
 from sas_ray.core.data.sources import (
@@ -20,9 +33,22 @@ from sas_ray.core.data.sources import (
 )
 from sas_ray.errors import SasRayError
 
+CHUNK = 1 << 20  # bytes read from a stream at a time
+ListDirs = Callable[[str], list[str]]  # relative dir ("" = root) -> names of its subdirectories
+
 
 def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _wrapper_depth(parts: list[list[str]]) -> int:
+    """Leading path parts shared by every path and skipped (a wrapper such as ``cifar10/``):
+    one more while every path is at least 3 parts deeper and the part is not a split name."""
+    depth = 0
+    while (parts and all(len(p) >= depth + 3 for p in parts)
+           and len({p[depth] for p in parts}) == 1 and parts[0][depth] not in SPLIT_NAMES):
+        depth += 1
+    return depth
 
 
 def folder_layout(paths: list[str]) -> list[tuple[str, str, str | None]]:
@@ -32,9 +58,8 @@ def folder_layout(paths: list[str]) -> list[tuple[str, str, str | None]]:
     are at least 3 levels deep, so ``cifar10/train/cat/1.jpg`` reads as ``train/cat/1.jpg``.
     """
     parts = [p.split("/") for p in paths]
-    while (parts and all(len(p) >= 3 for p in parts) and len({p[0] for p in parts}) == 1
-           and parts[0][0] not in SPLIT_NAMES):
-        parts = [p[1:] for p in parts]
+    depth = _wrapper_depth(parts)
+    parts = [p[depth:] for p in parts]
     split_layout = any(len(p) >= 2 and p[0] in SPLIT_NAMES for p in parts)
     out = []
     for path, p in zip(paths, parts, strict=True):
@@ -50,8 +75,29 @@ def folder_layout(paths: list[str]) -> list[tuple[str, str, str | None]]:
     return out
 
 
-def _imagefolder(spec: str, kind: str, files: dict[str, Any]) -> Source:
-    """Build a source from ``{relative path: payload}`` of every file in the folder/archive."""
+def _join(parent: str, name: str) -> str:
+    return f"{parent}/{name}" if parent else name
+
+
+def empty_class_dirs(images: list[str], list_dirs: ListDirs) -> list[str]:
+    """Directories at the class level (``[wrapper/][split/]class``) below which no image
+    lies, sorted; hidden directories are not looked at."""
+    parts = [p.split("/") for p in images]
+    wrapper = "/".join(parts[0][:_wrapper_depth(parts)]) if parts else ""
+    full: set[str] = set()  # every directory that has an image below it
+    for parent in {p.rpartition("/")[0] for p in images}:
+        while parent and parent not in full:
+            full.add(parent)
+            parent = parent.rpartition("/")[0]
+    split_dirs = [_join(wrapper, s) for s in list_dirs(wrapper) if s in SPLIT_NAMES]
+    parents = split_dirs if split_dirs else [wrapper]
+    return sorted(d for parent in parents for name in list_dirs(parent)
+                  if not name.startswith(".") and (d := _join(parent, name)) not in full)
+
+
+def _imagefolder(spec: str, kind: str, files: dict[str, Any], list_dirs: ListDirs) -> Source:
+    """Build a source from ``{relative path: payload}`` of every file in the folder/archive
+    and the directories' listing."""
     images, ignored = [], []
     for path in files:  # images whose path has no hidden part; everything else is ignored
         hidden = path.startswith(".") or "/." in path
@@ -67,18 +113,28 @@ def _imagefolder(spec: str, kind: str, files: dict[str, Any]) -> Source:
     index = {c: i for i, c in enumerate(class_names)}
     items = [Item(path, split, None if c is None else index[c], files[path])
              for path, split, c in layout]
-    return Source(spec, kind, class_names, items, ignored=ignored)
+    return Source(spec, kind, class_names, items, ignored=ignored,
+                  empty_classes=empty_class_dirs(images, list_dirs))
+
+
+def _local_dirs(root: str, rel: str) -> list[str]:
+    try:
+        with os.scandir(os.path.join(root, rel)) as entries:
+            return [e.name for e in entries if e.is_dir()]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def imagefolder_dir(uri: str, files: Files = LOCAL_FILES) -> Source:
-    """An ImageFolder directory, local or ``s3://``; images are read later, by path."""
+    """An ImageFolder directory, local or ``s3://``; images are read later, by path. (S3 has
+    no directories, so an S3 source reports no empty class directories.)"""
     if "://" in uri:
         prefix = uri.rstrip("/") + "/"
         paths = [p for p in files.list_files(uri) if p.startswith(prefix)]
         if not paths and not files.exists(uri):
             raise SasRayError(f"source {uri} does not exist; pass an existing S3 prefix or one "
                               f"of: {SOURCE_FORMS}")
-        return _imagefolder(uri, "file", {p[len(prefix):]: p for p in paths})
+        return _imagefolder(uri, "file", {p[len(prefix):]: p for p in paths}, lambda rel: [])
     root = os.path.abspath(uri)
     if not os.path.exists(root):
         raise SasRayError(f"source {uri} does not exist; pass an existing path or one of: "
@@ -86,33 +142,39 @@ def imagefolder_dir(uri: str, files: Files = LOCAL_FILES) -> Source:
     if not os.path.isdir(root):
         raise SasRayError(f"source {uri} is a file but not a {'/'.join(TAR_EXTENSIONS)} "
                           "archive; pass an ImageFolder directory or archive")
-    return _imagefolder(uri, "file", dict(walk(root)))
+    return _imagefolder(uri, "file", dict(walk(root)), functools.partial(_local_dirs, root))
 
 
-def decompressed_chunks(stream: Any, chunk_size: int = 1 << 20) -> Iterator[bytes]:
-    """Chunks of a file-like object, decompressed when it starts with a gzip, bzip2 or xz
-    magic number (concatenated gzip members are followed)."""
+class _Prepended:
+    """A readable stream whose first bytes were already read into ``head``."""
+
+    def __init__(self, head: bytes, stream: BinaryIO) -> None:
+        self.head, self.stream = head, stream
+
+    def read(self, n: int = -1) -> bytes:
+        if self.head:
+            out, self.head = (self.head, b"") if n < 0 else (self.head[:n], self.head[n:])
+            return out
+        return self.stream.read(n)
+
+
+_DECOMPRESSORS: dict[bytes, Callable[[Any], BinaryIO]] = {
+    b"\x1f\x8b": lambda f: gzip.GzipFile(fileobj=f, mode="rb"),
+    b"BZh": bz2.BZ2File,
+    b"\xfd7zXZ\x00": lzma.LZMAFile,
+}
+
+
+def decompressed_chunks(stream: BinaryIO, chunk_size: int = CHUNK) -> Iterator[bytes]:
+    """Chunks of at most ``chunk_size`` bytes of a file-like object, decompressed when it
+    starts with a gzip, bzip2 or xz magic number (concatenated members are followed)."""
     head = stream.read(chunk_size)
-    if head[:2] == b"\x1f\x8b":
-        def new() -> Any:
-            return zlib.decompressobj(16 + zlib.MAX_WBITS)
-    elif head[:3] == b"BZh":
-        new = bz2.BZ2Decompressor
-    elif head[:6] == b"\xfd7zXZ\x00":
-        new = lzma.LZMADecompressor
-    else:
-        while head:
-            yield head
-            head = stream.read(chunk_size)
-        return
-    decomp, data = new(), head
-    while data:
-        yield decomp.decompress(data)
-        data = decomp.unused_data or stream.read(chunk_size)
-        if decomp.eof and data:
-            decomp = new()
-    if not decomp.eof:
-        raise EOFError("compressed stream ended before the end-of-stream marker")
+    opener = next((op for magic, op in _DECOMPRESSORS.items() if head.startswith(magic)), None)
+    reader: Any = stream if opener is None else opener(_Prepended(head, stream))
+    if opener is None:
+        yield head
+    while chunk := reader.read(chunk_size):
+        yield chunk
 
 
 class _Buffer:
@@ -121,17 +183,28 @@ class _Buffer:
     def __init__(self, chunks: Iterator[bytes]) -> None:
         self.chunks, self.buf, self.pos = chunks, bytearray(), 0
 
+    def _more(self, n: int) -> None:
+        chunk = next(self.chunks, None)
+        if chunk is None:
+            raise EOFError(f"archive ends in the middle of a member ({n} bytes wanted)")
+        del self.buf[:self.pos]
+        self.buf += chunk
+        self.pos = 0
+
     def take(self, n: int) -> bytes:
         while len(self.buf) - self.pos < n:
-            chunk = next(self.chunks, None)
-            if chunk is None:
-                raise EOFError(f"archive ends in the middle of a member ({n} bytes wanted)")
-            del self.buf[:self.pos]
-            self.buf += chunk
-            self.pos = 0
+            self._more(n)
         out = bytes(self.buf[self.pos:self.pos + n])
         self.pos += n
         return out
+
+    def skip(self, n: int) -> None:
+        """Drop ``n`` bytes without keeping more than one chunk."""
+        while len(self.buf) - self.pos < n:
+            n -= len(self.buf) - self.pos
+            self.pos = len(self.buf)
+            self._more(n)
+        self.pos += n
 
 
 def _octal(field: bytes) -> int:
@@ -152,12 +225,23 @@ def _pax_path(data: bytes) -> str | None:
     return path
 
 
-def iter_tar(chunks: Iterator[bytes]) -> Iterator[tuple[str, bytes]]:
-    """``(path, bytes)`` of every regular file in an uncompressed tar stream.
+class TarEntry(NamedTuple):
+    """A regular file or directory of a tar; ``data`` is None for directories and for files
+    whose data was skipped."""
+
+    path: str
+    is_dir: bool
+    data: bytes | None
+
+
+def iter_tar(chunks: Iterator[bytes],
+             want: Callable[[str], bool] | None = None) -> Iterator[TarEntry]:
+    """Every regular file and directory of an uncompressed tar stream, in archive order; a
+    file's data is read when ``want(path)`` (default: always) and skipped otherwise.
 
     Reads 512-byte headers (ustar, GNU and pax: long names via ``L`` members and pax
-    ``path`` records), checks each header's checksum and skips everything that is not a
-    regular file. Much faster than :mod:`tarfile` on archives of many small images.
+    ``path`` records), checks each header's checksum and skips every other member type
+    (links, devices). Much faster than :mod:`tarfile` on archives of many small images.
     """
     buf = _Buffer(chunks)
     long_name: str | None = None
@@ -170,39 +254,88 @@ def iter_tar(chunks: Iterator[bytes]) -> Iterator[tuple[str, bytes]]:
             raise ValueError("bad tar header checksum (not a tar archive, or damaged)")
         size = _octal(header[124:136])
         kind = header[156:157]
-        data = buf.take(size)
-        buf.take(-size % 512)
         if kind in (b"L", b"x"):
+            data = buf.take(size)
+            buf.skip(-size % 512)
             long_name = (data.rstrip(b"\0").decode("utf-8", "surrogateescape") if kind == b"L"
                          else _pax_path(data))
             continue
         name = header[:100].split(b"\0", 1)[0]
         if header[257:263] == b"ustar\0" and header[345] != 0:  # POSIX prefix field
             name = header[345:500].split(b"\0", 1)[0] + b"/" + name
-        path = long_name or name.decode("utf-8", "surrogateescape")
+        path = (long_name or name.decode("utf-8", "surrogateescape")).removeprefix("./")
         long_name = None
-        if kind in (b"0", b"\0", b"7"):
-            yield path.removeprefix("./"), data
+        is_file = kind in (b"0", b"\0", b"7")
+        data = buf.take(size) if is_file and (want is None or want(path)) else None
+        if data is None:
+            buf.skip(size)
+        buf.skip(-size % 512)
+        if is_file:
+            yield TarEntry(path, False, data)
+        elif kind == b"5" and path.rstrip("/") not in ("", "."):
+            yield TarEntry(path.rstrip("/"), True, None)
 
 
-def _tar_members(stream: Any, uri: str) -> dict[str, bytes]:
-    """``{member path: bytes}`` of every regular file of a (compressed) tar stream."""
+def _read_tar(uri: str, files: Files, want: Callable[[str], bool]) -> Iterator[TarEntry]:
+    """:func:`iter_tar` over the (compressed) archive at ``uri``, errors as one line."""
     try:
-        return dict(iter_tar(decompressed_chunks(stream)))
+        with files.open_input_stream(uri) as stream:
+            yield from iter_tar(decompressed_chunks(stream), want)
     except (ValueError, EOFError, OSError, zlib.error, lzma.LZMAError) as err:
         raise SasRayError(f"cannot read archive {uri} ({type(err).__name__}: {err}); check that "
                           "it is a complete .tar/.tar.gz file") from err
 
 
+def _path_key(path: str) -> bytes:
+    return path.encode("utf-8", "surrogateescape") + b"\0"
+
+
+def _stream_members(uri: str, files: Files, ids: dict[str, int], repeats: dict[str, int],
+                    digest: str) -> Iterator[tuple[int, bytes]]:
+    """``(id, bytes)`` of the archive's images in archive order (the second pass)."""
+    left = dict(repeats)  # path -> copies still to come; only the last copy counts
+    seen = hashlib.sha1()  # of the regular members' paths, as in the first pass
+
+    def wanted(path: str) -> bool:  # called once per regular member, in order
+        seen.update(_path_key(path))
+        return path in ids
+
+    for entry in _read_tar(uri, files, wanted):
+        if entry.is_dir:
+            continue
+        if entry.path in left:
+            left[entry.path] -= 1
+            if left[entry.path]:
+                continue
+        if entry.data is not None:
+            yield ids[entry.path], entry.data
+    if seen.hexdigest() != digest:
+        raise SasRayError(f"archive {uri} changed while it was being read; rerun the ingest")
+
+
 def imagefolder_tar(uri: str, files: Files = LOCAL_FILES) -> Source:
-    """An ImageFolder packed as a tar (local or ``s3://``), read in one streaming pass; the
-    members are held in memory, so extract archives larger than RAM and ingest the folder."""
+    """An ImageFolder packed as a tar (local or ``s3://``), streamed (see the module)."""
     if "://" in uri:
         if not files.exists(uri):
             raise SasRayError(f"source {uri} does not exist; check the bucket and key")
     elif not os.path.isfile(uri):
         raise SasRayError(f"source archive {uri} does not exist; pass an existing "
                           f".tar/.tar.gz path or one of: {SOURCE_FORMS}")
-    with files.open_input_stream(uri) as stream:
-        members = _tar_members(stream, uri)
-    return _imagefolder(uri, "encoded", members)
+    paths: list[str] = []  # regular members in archive order, repeats included
+    children: dict[str, list[str]] = {}
+    digest = hashlib.sha1()
+    for entry in _read_tar(uri, files, lambda path: False):
+        if entry.is_dir:
+            parent, _, name = entry.path.rpartition("/")
+            children.setdefault(parent, []).append(name)
+        else:
+            paths.append(entry.path)
+            digest.update(_path_key(entry.path))
+    members = dict.fromkeys(paths)
+    repeats = {} if len(members) == len(paths) else \
+        {p: n for p, n in Counter(paths).items() if n > 1}
+    src = _imagefolder(uri, "encoded", members, lambda rel: children.get(rel, []))
+    ids = {it.name: i for i, it in enumerate(src.items)}
+    src.reader = functools.partial(_stream_members, uri, files, ids, repeats,
+                                   digest.hexdigest())
+    return src
