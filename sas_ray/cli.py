@@ -58,11 +58,12 @@ COMMANDS: dict[str, Command] = {
          ("out", {"help": "output directory or s3:// URI"}),
          ("--force", {"action": "store_true",
                       "help": "rebuild even when OUT holds shards of the same source files "
-                              "and settings"})],
+                              "and settings; replace an artifact of another stage at OUT"})],
         reads="data.*, run.*"),
     "info": Command(
         "sas_ray.io.shards:cli_info",
-        "summarise a shard dataset: counts per split and class, bytes, shards",
+        "summarise a shard dataset: counts per split and class (read from the files' "
+        "footers; exit 2 when they differ from the manifest), bytes, shards",
         [("shards", {"help": "dataset directory or s3:// URI"})], checks=()),
     "train": Command(
         "sas_ray.stages.train:cli_train",
