@@ -14,6 +14,7 @@ the class and the seed, so the merged ranking is the single-process one on eithe
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -23,7 +24,7 @@ import pyarrow as pa
 
 from sas_ray.config import Config, result_settings
 from sas_ray.core.selection.ranking import check_fraction
-from sas_ray.core.selection.registry import get_selector, is_nested
+from sas_ray.core.selection.registry import RANK_LIMITED, get_selector, is_nested
 from sas_ray.errors import SasRayError
 from sas_ray.executors import get_executor
 from sas_ray.executors.base import Executor
@@ -42,17 +43,22 @@ from sas_ray.stages.latent import class_sizes
 log = logging.getLogger(__name__)
 
 
-def _ranking_config(cfg: Config, strategy: str, fraction: float | None) -> dict[str, Any]:
-    return {"strategy": strategy, "fraction": fraction, "select": result_settings(cfg.select)}
+def _ranking_config(cfg: Config, strategy: str, fraction: float | None,
+                    limit: float) -> dict[str, Any]:
+    config = {"strategy": strategy, "fraction": fraction, "select": result_settings(cfg.select)}
+    return config | ({"rank_limit": limit} if limit < 1.0 else {})
 
 
 def rank(cfg: Config, embeddings_uri: str, partition_uri: str, strategy: str, out: str,
-         fraction: float | None = None, executor: Executor | None = None) -> dict[str, Any]:
+         fraction: float | None = None, executor: Executor | None = None,
+         rank_limit: float | None = None) -> dict[str, Any]:
     """Rank the embeddings with ``strategy`` within the latent classes of the partition and
     commit a ``ranking`` artifact at ``out``; returns its manifest (reused when up to date).
 
     ``fraction`` is needed by strategies that are not nested (``sas`` with
-    ``select.double_greedy``) and ignored by the others.
+    ``select.double_greedy``) and ignored by the others. ``rank_limit`` (default
+    ``select.rank_limit``; the pipeline passes its largest swept fraction): the largest
+    fraction a nested rank-limited strategy (``sas``) must rank exactly.
     """
     selector = get_selector(strategy)
     nested = is_nested(strategy, cfg.select)
@@ -62,16 +68,20 @@ def rank(cfg: Config, embeddings_uri: str, partition_uri: str, strategy: str, ou
         raise SasRayError(f"strategy '{strategy}' with these settings ranks for one fraction "
                           "only; pass --fraction")
     fraction = None if nested else fraction
+    limit = 1.0
+    if nested and strategy in RANK_LIMITED:
+        limit = check_fraction(cfg.select.rank_limit if rank_limit is None else rank_limit)
     emb = read_embeddings(embeddings_uri)
     latent, part_fp = read_partition(partition_uri, emb.ids)
-    config = _ranking_config(cfg, strategy, fraction)
+    config = _ranking_config(cfg, strategy, fraction, limit)
     inputs = {EMBEDDINGS: emb.fingerprint, PARTITION: part_fp}
     seed = cfg.run.seed
     if storage.is_fresh(out, storage.stage_fingerprint(RANKING, config, inputs, seed)):
         log.info("ranking at %s is up to date; reusing it", out)
         return storage.require_manifest(out, RANKING)
     start = time.perf_counter()
-    ranking = selector(emb.x, latent, fraction, seed, cfg.select, emb.labels,
+    ranking = selector(emb.x, latent, fraction, seed,
+                       dataclasses.replace(cfg.select, rank_limit=limit), emb.labels,
                        map_classes=(executor or get_executor(cfg)).class_map(
                            cfg.select.num_workers))
     table = pa.table({
@@ -81,7 +91,8 @@ def rank(cfg: Config, embeddings_uri: str, partition_uri: str, strategy: str, ou
         "latent_class": pa.array(latent[ranking.order], pa.int64()),
     })
     meta = {"strategy": strategy, "nested": ranking.nested, "balanced": ranking.balanced,
-            "seed": seed, "fraction": ranking.fraction, "num_rows": int(emb.ids.size),
+            "seed": seed, "fraction": ranking.fraction, "rank_limit": ranking.limit,
+            "num_rows": int(emb.ids.size), "shards": emb.shards,
             "sizes": class_sizes(latent), "seconds": round(time.perf_counter() - start, 2)}
     return commit_table(out, RANKING, table, meta, config, inputs, seed)
 

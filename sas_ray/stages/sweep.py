@@ -248,7 +248,8 @@ def train_and_evaluate(executor: Executor, cfg: Config, data: str, cell: Mapping
     from sas_ray.io.artifacts import subset_ids
     from sas_ray.stages.evaluate import evaluate_checkpoint
 
-    ids = None if cell["ranking"] is None else subset_ids(cell["ranking"], cell["fraction"])
+    ids = None if cell["ranking"] is None else subset_ids(cell["ranking"], cell["fraction"],
+                                                          data)
     summary = completed_fit(out)
     reused = summary is not None
     summary = summary or executor.fit(cfg, data, out, ids, "train")

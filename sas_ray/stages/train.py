@@ -18,9 +18,10 @@ from sas_ray.executors import get_executor
 from sas_ray.io import storage
 
 
-def read_subset(uri: str, fraction: float | None = None) -> np.ndarray:
-    """Train ids from a ranking artifact (cut at ``fraction``) or a subset manifest: a JSON
-    list of ids, a JSON object ``{"ids": [...]}``, or a Parquet file with an ``id`` column."""
+def read_subset(uri: str, fraction: float | None = None, data: str | None = None) -> np.ndarray:
+    """Train ids from a ranking artifact (cut at ``fraction``; computed on the shards at
+    ``data`` when given) or a subset manifest: a JSON list of ids, a JSON object
+    ``{"ids": [...]}``, or a Parquet file with an ``id`` column."""
     if fraction is not None and not 0 < fraction <= 1:
         raise SasRayError(f"fraction {fraction} is out of range (0, 1]; pass e.g. --fraction 0.4")
     manifest = storage.read_manifest(uri) if not uri.endswith((".json", ".parquet")) else None
@@ -30,7 +31,7 @@ def read_subset(uri: str, fraction: float | None = None) -> np.ndarray:
                               "a ranking (sas-ray select) or a list of ids (.json/.parquet)")
         from sas_ray.io.artifacts import subset_ids
 
-        return np.asarray(subset_ids(uri, fraction), dtype=np.int64)
+        return np.asarray(subset_ids(uri, fraction, data), dtype=np.int64)
     if not storage.exists(uri):
         raise SasRayError(f"subset {uri} does not exist; pass a ranking directory or a "
                           ".json/.parquet list of ids")
@@ -58,7 +59,7 @@ def cli_train(cfg: Config, args: argparse.Namespace) -> None:
     """``sas-ray train --data D [--subset S [--fraction F]] --out O``."""
     if args.fraction is not None and not args.subset:
         raise SasRayError("--fraction cuts a ranking; pass the ranking with --subset")
-    ids = read_subset(args.subset, args.fraction) if args.subset else None
+    ids = read_subset(args.subset, args.fraction, args.data) if args.subset else None
     executor = get_executor(cfg)
     try:
         summary = executor.fit(cfg, args.data, args.out, ids)
