@@ -234,10 +234,11 @@ def ranking_stage(cfg: Config, layout: Layout, state: State, executor: Executor)
     for strategy, latent, method, fraction, serves in plan:
         uri = ranking_uri(layout.rankings, latent, strategy, fraction)
         stage = "rankings/" + uri[len(layout.rankings) + 1:]
-        manifest = _artifact_stage(state, stage, uri, lambda s=strategy, m=method, f=fraction,
-                                   u=uri: rank(method_config(cfg, m), layout.embeddings,
-                                               layout.partition(m), s, u, fraction=f,
-                                               executor=executor))
+        manifest = _artifact_stage(
+            state, stage, uri,
+            lambda s=strategy, m=method, f=fraction, u=uri, v=serves: rank(
+                method_config(cfg, m), layout.embeddings, layout.partition(m), s, u,
+                fraction=f, executor=executor, rank_limit=max(v)))
         out.update({(strategy, latent, f): (uri, manifest["fingerprint"]) for f in serves})
     return out
 

@@ -56,6 +56,7 @@ SELECTORS: dict[str, Selector] = {
 }
 
 NEEDS_LABELS = frozenset({"forgetting-least", "forgetting-most", "el2n-easy", "el2n-hard"})
+RANK_LIMITED = frozenset({"sas"})  # read select.rank_limit (nested up to it only)
 
 # one line per strategy (``sas-ray select --help``)
 DESCRIPTIONS: dict[str, str] = {

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from sas_ray.config import Config
+from sas_ray.core.selection.backends import cuda_available
 from sas_ray.core.selection.ranking import ClassFn, ClassJob, ClassMap, ClassOrder, map_serial
 from sas_ray.executors.base import BatchClass, BlockFn, TrialFn, TrialOutcome, Workers
 from sas_ray.executors.grouping import balanced_groups, rank_chunk
@@ -41,7 +42,11 @@ class LocalExecutor:
         return map_batches(fn, fn_kwargs, data, split, columns, batch_size, out_dir, workers)
 
     def class_map(self, num_workers: int) -> ClassMap:
-        if num_workers <= 1:
+        """A pool of ``num_workers`` processes over groups of classes; in this process where
+        one worker is asked for, or where the greedy will run on a CUDA device (torch backend:
+        classes are batched on it, and one process owns the device)."""
+        on_gpu = self.cfg.select.backend != "numpy" and self.cfg.select.device != "cpu"
+        if num_workers <= 1 or (on_gpu and cuda_available()):
             return map_serial
 
         def run(fn: ClassFn, x: np.ndarray, jobs: Sequence[ClassJob]) -> list[ClassOrder]:
