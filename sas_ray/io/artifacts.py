@@ -15,6 +15,7 @@ sorted by id (rankings: by rank).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,7 @@ class Embeddings:
     x: np.ndarray  # (n, d) float32 or float16
     labels: np.ndarray  # (n,) int64, -1 where unknown
     fingerprint: str
+    shards: str | None  # fingerprint of the shards they were computed from
 
 
 def read_parquet(uri: str, stage: str, columns: list[str]) -> tuple[pa.Table, dict[str, Any]]:
@@ -71,14 +73,30 @@ def write_table(table: pa.Table, uri: str) -> None:
         pq.write_table(table, path, filesystem=fs, compression="zstd")
 
 
+def write_file(uri: str, data: bytes) -> None:
+    """Write ``data`` as the file at ``uri`` (local or ``s3://``; inside a staging directory,
+    so not atomic by itself)."""
+    fs, path = storage.filesystem(uri)
+    with storage.s3_errors(uri):
+        if not storage.is_s3(uri):
+            fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+
+
 def commit_table(out: str, stage: str, table: pa.Table, meta: dict[str, Any], config: Any,
-                 inputs: dict[str, str], seed: int) -> dict[str, Any]:
-    """Commit ``table`` as the single file of a new ``stage`` artifact at ``out``; returns its
-    manifest. On failure nothing is left at ``out`` (a previous artifact stays)."""
+                 inputs: dict[str, str], seed: int,
+                 files: Mapping[str, bytes] | None = None) -> dict[str, Any]:
+    """Commit ``table`` as the Parquet file of a new ``stage`` artifact at ``out``, with the
+    extra ``files`` (path relative to the artifact's version directory -> bytes, written as
+    given; not Parquet); returns its manifest. On failure nothing is left at ``out`` (a
+    previous artifact stays)."""
     existed = storage.exists(out)
     try:
         with storage.write_artifact(out, stage, config=config, inputs=inputs, seed=seed) as w:
             write_table(table, storage.join(w.dir, f"{stage}.parquet"))
+            for rel, data in (files or {}).items():
+                write_file(storage.join(w.dir, rel), data)
             w.meta.update(meta)
     except BaseException:
         if not existed:
@@ -112,7 +130,8 @@ def read_embeddings(uri: str) -> Embeddings:
     values = pc.list_flatten(emb).to_numpy(zero_copy_only=False)
     x = values.reshape(ids.size, int(lengths[0]) if lengths.size else 0)
     labels = table["label"].fill_null(-1).to_numpy().astype(np.int64)
-    return Embeddings(ids=ids, x=x, labels=labels, fingerprint=manifest["fingerprint"])
+    return Embeddings(ids=ids, x=x, labels=labels, fingerprint=manifest["fingerprint"],
+                      shards=manifest["inputs"].get("shards"))
 
 
 def read_partition(uri: str, ids: np.ndarray) -> tuple[np.ndarray, str]:
@@ -142,6 +161,15 @@ class StoredRanking:
     ids: np.ndarray
     ranking: Ranking  # order = 0..n-1 (rows are already in rank order)
     strategy: str
+    shards: str | None  # fingerprint of the shards its embeddings came from
+
+    def check_shards(self, shards: str, data: str) -> None:
+        """Refuse to cut this ranking for shards other than the ones it was computed on:
+        ids alone cannot tell two data sets apart."""
+        if self.shards is not None and self.shards != shards:
+            raise SasRayError(f"the ranking at {self.uri} was computed on shards {self.shards}, "
+                              f"but {data} holds shards {shards}; rank these shards "
+                              "(sas-ray embed, latent, select) or train on the ranked ones")
 
     def subset(self, fraction: float | None) -> np.ndarray:
         return self.ids[self.ranking.cut(fraction)]
@@ -158,11 +186,16 @@ def load_ranking(uri: str) -> StoredRanking:
                       balanced=bool(meta["balanced"]), fraction=meta.get("fraction"),
                       limit=float(meta.get("rank_limit", 1.0)))
     return StoredRanking(uri=uri, ids=table["id"].to_numpy(), ranking=ranking,
-                         strategy=str(meta["strategy"]))
+                         strategy=str(meta["strategy"]), shards=meta.get("shards"))
 
 
-def subset_ids(ranking_uri: str, fraction: float | None = None) -> np.ndarray:
+def subset_ids(ranking_uri: str, fraction: float | None = None,
+               data: str | None = None) -> np.ndarray:
     """Ids of the subset at ``fraction`` (the first ``floor(f n + 1/2)`` ranks: a
     per-class-proportional prefix for balanced strategies). Non-nested rankings accept only
-    their own fraction, which is also the default."""
-    return load_ranking(ranking_uri).subset(fraction)
+    their own fraction, which is also the default. With ``data`` (a shards artifact), the
+    ranking must have been computed on those shards."""
+    ranking = load_ranking(ranking_uri)
+    if data is not None:
+        ranking.check_shards(storage.require_manifest(data, "shards")["fingerprint"], data)
+    return ranking.subset(fraction)

@@ -92,7 +92,7 @@ def rank(cfg: Config, embeddings_uri: str, partition_uri: str, strategy: str, ou
     })
     meta = {"strategy": strategy, "nested": ranking.nested, "balanced": ranking.balanced,
             "seed": seed, "fraction": ranking.fraction, "rank_limit": ranking.limit,
-            "num_rows": int(emb.ids.size),
+            "num_rows": int(emb.ids.size), "shards": emb.shards,
             "sizes": class_sizes(latent), "seconds": round(time.perf_counter() - start, 2)}
     return commit_table(out, RANKING, table, meta, config, inputs, seed)
 
