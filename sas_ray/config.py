@@ -251,6 +251,12 @@ class LatentConfig:
     kmeans_batch_size: int = setting(4096, ge=1)  # kmeans: rows per mini-batch
     # kmeans: rows sampled for k-means++ initialisation
     kmeans_init_sample: int = setting(20000, ge=1)
+    # kmeans: faiss (Lloyd iterations on a sample) when installed, else the mini-batch one
+    kmeans_impl: Literal["auto", "faiss", "minibatch"] = "auto"
+    kmeans_n_init: int = setting(1, ge=1)  # kmeans (faiss): restarts, lowest inertia kept
+    kmeans_lloyd_iters: int = setting(20, ge=1)  # kmeans (faiss): Lloyd iterations per restart
+    # kmeans (faiss): rows fitted = this * k (a uniform sample); every row is then assigned
+    kmeans_points_per_centroid: int = setting(256, ge=1)
     # clip-zeroshot: one class name per line; None: the shards' class names
     class_names_file: str | None = setting(None, result=False)
     # clip-zeroshot: prompt templates, {} = the class name; []: the standard CLIP ImageNet ones

@@ -10,8 +10,12 @@ import pytest
 import torch
 
 from sas_ray.config import LatentConfig
+from sas_ray.core.selection import latent
 from sas_ray.core.selection.latent import (
+    assign_nearest,
+    fill_empty,
     kmeans,
+    kmeans_centroids,
     latent_classes,
     merge_small_classes,
     nmi,
@@ -155,3 +159,65 @@ def test_bad_method_and_inputs() -> None:
     bad[0, 0] = np.inf
     with pytest.raises(SasRayError, match="1 of 10 rows hold NaN or inf"):
         latent_classes(bad, labels, LatentConfig(), 0)
+
+
+# ---------------------------------------------------------------- faiss k-means
+def mixture(n: int, k: int, d: int = 16, seed: int = 0) -> np.ndarray:
+    """Gaussian clusters of unequal size and spread."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(k, d))
+    which = rng.choice(k, size=n, p=rng.dirichlet(np.ones(k) * 2))
+    spread = rng.uniform(0.1, 0.6, size=k)[which, None]
+    return (centres[which] + spread * rng.normal(size=(n, d))).astype(np.float32)
+
+
+def inertia(x: np.ndarray, centroids: np.ndarray) -> float:
+    return float(assign_nearest(x, centroids)[1].sum())
+
+
+@pytest.mark.parametrize("impl", ["faiss", "minibatch"])
+def test_no_empty_clusters_at_large_k(impl: str) -> None:
+    # k = 200 clusters of 600 rows with only 150 distinct values: at least 50 centres have
+    # no nearest row of their own (equal distances go to the lowest centre)
+    x = np.repeat(mixture(150, 8, seed=1), 4, axis=0)
+    cfg = LatentConfig(method="kmeans", k=200, min_class_size=1, kmeans_impl=impl)
+    part = latent_classes(x, None, cfg, seed=0)
+    assert part.num_classes == 200
+    assert np.bincount(part.classes, minlength=200).min() >= 1
+
+
+def test_fill_empty_moves_the_farthest_rows_of_clusters_with_spares() -> None:
+    nearest = np.array([0, 0, 0, 2, 2])
+    dist = np.array([0.1, 0.9, 0.5, 3.0, 0.2])
+    # cluster 1 and 3 are empty: row 3 (farthest, its cluster 2 has 2 rows) fills 1, then
+    # row 1 (cluster 2 now has 1 row, so the farthest movable is in cluster 0) fills 3
+    np.testing.assert_array_equal(fill_empty(nearest, dist, 4), [0, 3, 0, 1, 2])
+    np.testing.assert_array_equal(fill_empty(nearest, dist, 3), [0, 0, 0, 1, 2])
+
+
+def test_faiss_inertia_is_not_worse_than_minibatch() -> None:
+    x = mixture(20000, 40, seed=2)
+    for seed in (0, 1):
+        faiss_c = kmeans_centroids(x, LatentConfig(k=40, kmeans_impl="faiss", kmeans_n_init=2),
+                                   seed)
+        mini_c = kmeans_centroids(x, LatentConfig(k=40, kmeans_impl="minibatch"), seed)
+        assert inertia(x, faiss_c) <= inertia(x, mini_c)
+
+
+def test_faiss_kmeans_is_deterministic_under_a_seed() -> None:
+    x = mixture(5000, 12, seed=3)
+    cfg = LatentConfig(method="kmeans", k=12, kmeans_impl="faiss", kmeans_n_init=2,
+                       kmeans_points_per_centroid=100)
+    a = latent_classes(x, None, cfg, seed=4).classes
+    np.testing.assert_array_equal(a, latent_classes(x, None, cfg, seed=4).classes)
+    assert not np.array_equal(kmeans_centroids(x, cfg, 4), kmeans_centroids(x, cfg, 5))
+
+
+def test_without_faiss_auto_falls_back_to_minibatch(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = mixture(2000, 5, seed=4)
+    monkeypatch.setattr(latent, "faiss_available", lambda: False)
+    got = kmeans_centroids(x, LatentConfig(k=5), seed=0)
+    np.testing.assert_array_equal(got, kmeans_centroids(x, LatentConfig(
+        k=5, kmeans_impl="minibatch"), seed=0))
+    with pytest.raises(SasRayError, match="pip install faiss-cpu"):
+        kmeans_centroids(x, LatentConfig(k=5, kmeans_impl="faiss"), seed=0)

@@ -6,8 +6,15 @@ Three ways (``latent.method``), as in the paper:
 * ``few-labels``: reveal ``label_fraction`` of the labels, stratified by class under the
   seed (at least one per class), fit a multinomial logistic regression (L-BFGS, L2) on the
   revealed proxy embeddings, and predict every row; revealed rows keep their true label.
-* ``kmeans``: mini-batch k-means (Sculley 2010) with k-means++ initialisation on a sample;
-  it touches the data in mini-batches and blocks only, so ``x`` may be a memory map.
+* ``kmeans`` (``latent.kmeans_impl``): with faiss installed (``auto``/``faiss``), Lloyd's
+  k-means by faiss (its GPU index where faiss has GPUs) on a uniform sample of
+  ``kmeans_points_per_centroid * k`` rows, started from k-means++ centres (Arthur &
+  Vassilvitskii 2007) of a sub-sample, ``kmeans_n_init`` restarts keeping the lowest sample
+  inertia; else (``minibatch``) mini-batch k-means (Sculley 2010) with the same seeding.
+  Every row is then assigned to its nearest centre in blocks, and a centre left without rows
+  takes the row farthest from its centre among clusters of two or more (repeated until none
+  is empty), so there are exactly k classes. Both touch the data in samples, mini-batches
+  and blocks only, so ``x`` may be a memory map.
 
 Classes smaller than ``min_class_size`` are merged into the class whose mean unit
 embedding is most similar (selection ranks within classes of at least two rows).
@@ -16,6 +23,7 @@ Labels are int64 with -1 for "unknown" throughout.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -122,6 +130,65 @@ def kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndar
     return centers
 
 
+def check_k(k: int, n: int) -> None:
+    if not 1 <= k <= n:
+        raise SasRayError(f"k-means needs 1 <= k <= n, got k={k} for {n} rows; pass a "
+                          "smaller --latent.k")
+
+
+def faiss_available() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def faiss_kmeans(x: np.ndarray, k: int, seed: int, *, iters: int = 20, n_init: int = 1,
+                 points_per_centroid: int = 256, init_sample: int = 20000) -> np.ndarray:
+    """Lloyd k-means centroids (k, d) by faiss on a uniform sample of
+    ``points_per_centroid * k`` rows of ``x`` (n, d), from k-means++ centres of
+    ``max(init_sample, k)`` of those; the restart of lowest sample inertia of ``n_init``.
+    faiss splits a cluster that empties during the iterations (its default)."""
+    import faiss
+
+    n = x.shape[0]
+    check_k(k, n)
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(n, size=min(n, points_per_centroid * k), replace=False))
+    fit = np.ascontiguousarray(as_compute(x[sample]), dtype=np.float32)
+    best, best_obj = None, np.inf
+    gpu = hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+    for _ in range(n_init):
+        seeds = fit[np.sort(rng.choice(fit.shape[0], size=min(fit.shape[0],
+                                                              max(init_sample, k)),
+                                       replace=False))]
+        init = kmeans_plus_plus(seeds, k, rng)
+        km = faiss.Kmeans(fit.shape[1], k, niter=iters, seed=int(rng.integers(2**31)),
+                          max_points_per_centroid=fit.shape[0], min_points_per_centroid=1,
+                          gpu=gpu, verbose=False)
+        obj = km.train(fit, init_centroids=init)
+        if obj < best_obj:
+            best, best_obj = km.centroids.copy(), obj
+    return best.astype(np.float64)
+
+
+def fill_empty(nearest: np.ndarray, dist: np.ndarray, k: int) -> np.ndarray:
+    """Give every empty cluster of 0..k-1 one row: the row farthest from its centre among
+    clusters of two or more rows (ties: lowest row), one empty cluster at a time."""
+    counts = np.bincount(nearest, minlength=k)
+    empty = np.flatnonzero(counts == 0)
+    if empty.size == 0:
+        return nearest
+    nearest, dist = nearest.copy(), dist.copy()
+    for j in empty:
+        movable = np.where(counts[nearest] >= 2, dist, -np.inf)
+        row = int(np.argmax(movable))
+        counts[nearest[row]] -= 1
+        nearest[row], dist[row], counts[j] = j, 0.0, 1
+    return nearest
+
+
 def kmeans(x: np.ndarray, k: int, seed: int, *, iters: int = 100, batch_size: int = 4096,
            init_sample: int = 20000) -> np.ndarray:
     """Mini-batch k-means centroids (k, d) of ``x`` (n, d).
@@ -132,9 +199,7 @@ def kmeans(x: np.ndarray, k: int, seed: int, *, iters: int = 100, batch_size: in
     count). Memory: O(k d + batch_size (d + k)) besides ``x``.
     """
     n = x.shape[0]
-    if not 1 <= k <= n:
-        raise SasRayError(f"k-means needs 1 <= k <= n, got k={k} for {n} rows; pass a "
-                          "smaller --latent.k")
+    check_k(k, n)
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(n, size=min(n, max(init_sample, k)), replace=False))
     centroids = kmeans_plus_plus(as_compute(x[sample]), k, rng).astype(np.float64)
@@ -149,6 +214,29 @@ def kmeans(x: np.ndarray, k: int, seed: int, *, iters: int = 100, batch_size: in
         hit = counts > 0
         centroids[hit] += (sums[hit] - counts[hit, None] * centroids[hit]) / seen[hit, None]
     return centroids
+
+
+KMEANS: dict[str, Callable[[np.ndarray, LatentConfig, int], np.ndarray]] = {
+    "faiss": lambda x, cfg, seed: faiss_kmeans(
+        x, cfg.k, seed, iters=cfg.kmeans_lloyd_iters, n_init=cfg.kmeans_n_init,
+        points_per_centroid=cfg.kmeans_points_per_centroid, init_sample=cfg.kmeans_init_sample),
+    "minibatch": lambda x, cfg, seed: kmeans(
+        x, cfg.k, seed, iters=cfg.kmeans_iters, batch_size=cfg.kmeans_batch_size,
+        init_sample=cfg.kmeans_init_sample),
+}
+
+
+def kmeans_centroids(x: np.ndarray, cfg: LatentConfig, seed: int) -> np.ndarray:
+    """Centroids (k, d) by ``latent.kmeans_impl`` (``auto``: faiss when installed)."""
+    impl = cfg.kmeans_impl
+    if impl == "auto":
+        impl = "faiss" if faiss_available() else "minibatch"
+    if impl == "faiss" and not faiss_available():
+        raise SasRayError("latent.kmeans_impl faiss but faiss is not installed; pip install "
+                          "faiss-cpu, or pass --latent.kmeans_impl minibatch")
+    if impl not in KMEANS:
+        raise SasRayError(f"unknown latent.kmeans_impl '{impl}'; use auto, faiss or minibatch")
+    return KMEANS[impl](x, cfg, seed)
 
 
 # ---------------------------------------------------------------- few labels
@@ -252,10 +340,8 @@ def latent_classes(x: np.ndarray, labels: np.ndarray | None, cfg: LatentConfig,
                               "embeddings have none; use --latent.method kmeans")
         classes = classes_from_few_labels(x, labels, cfg, seed)
     elif cfg.method == "kmeans":
-        centroids = kmeans(x, cfg.k, seed, iters=cfg.kmeans_iters,
-                           batch_size=cfg.kmeans_batch_size, init_sample=cfg.kmeans_init_sample)
-        nearest, _ = assign_nearest(x, centroids)
-        classes = np.unique(nearest, return_inverse=True)[1].astype(np.int64)
+        nearest, dist = assign_nearest(x, kmeans_centroids(x, cfg, seed))
+        classes = fill_empty(nearest, dist, cfg.k)
     else:
         raise SasRayError(f"unknown latent.method '{cfg.method}'; use one of "
                           f"{', '.join(METHODS)}")
