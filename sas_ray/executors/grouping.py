@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -13,6 +14,17 @@ def rank_chunk(fn: ClassFn, x: np.ndarray, jobs: Sequence[ClassJob]) -> list[Cla
     """One work unit: rank a group of classes, reading their rows from ``x`` (together
     where ``fn`` batches classes, see :func:`~sas_ray.core.selection.ranking.rank_classes`)."""
     return rank_classes(fn, x, jobs)
+
+
+def own_rows(x: np.ndarray, jobs: Sequence[ClassJob]) -> tuple[np.ndarray, list[ClassJob]]:
+    """The rows of ``jobs`` only, and the jobs renumbered into them: what a work unit needs
+    shipped to another process (not all of ``x``). Class orders are positions within
+    ``job.rows``, so results need no mapping back."""
+    sizes = [job.rows.size for job in jobs]
+    starts = np.cumsum([0, *sizes])
+    sub = np.concatenate([x[job.rows] for job in jobs])
+    return sub, [dataclasses.replace(job, rows=np.arange(a, a + s, dtype=np.int64))
+                 for job, a, s in zip(jobs, starts, sizes, strict=False)]
 
 
 def balanced_groups(jobs: Sequence[ClassJob], groups: int) -> list[list[ClassJob]]:

@@ -18,7 +18,7 @@ from sas_ray.config import Config
 from sas_ray.core.selection.backends import cuda_available
 from sas_ray.core.selection.ranking import ClassFn, ClassJob, ClassMap, ClassOrder, map_serial
 from sas_ray.executors.base import BatchClass, BlockFn, TrialFn, TrialOutcome, Workers
-from sas_ray.executors.grouping import balanced_groups, rank_chunk
+from sas_ray.executors.grouping import balanced_groups, own_rows, rank_chunk
 
 
 class LocalExecutor:
@@ -52,7 +52,7 @@ class LocalExecutor:
         def run(fn: ClassFn, x: np.ndarray, jobs: Sequence[ClassJob]) -> list[ClassOrder]:
             groups = balanced_groups(jobs, min(len(jobs), 4 * num_workers))
             with ProcessPoolExecutor(num_workers) as pool:
-                futures = [pool.submit(rank_chunk, fn, x, group) for group in groups]
+                futures = [pool.submit(rank_chunk, fn, *own_rows(x, group)) for group in groups]
                 results = {job.index: res for group, fut in zip(groups, futures, strict=True)
                            for job, res in zip(group, fut.result(), strict=True)}
             return [results[job.index] for job in jobs]
