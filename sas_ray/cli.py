@@ -103,7 +103,11 @@ COMMANDS: dict[str, Command] = {
          ("--out", {"required": True,
                     "help": "directory: one ranking per strategy at OUT/<strategy> (a "
                             "non-nested one per sweep.fractions entry at "
-                            "OUT/<strategy>/f<fraction>)"})],
+                            "OUT/<strategy>/f<fraction>)"}),
+         ("--incremental", {"metavar": "PREVIOUS_RANKING",
+                            "help": "extend this earlier sas ranking with the new rows "
+                                    "(select.incremental; classes the new rows miss are "
+                                    "reused byte for byte)"})],
         checks=("all", "select"), reads="select.*, sweep.fractions (non-nested strategies), run.*",
         notes=_strategy_lines),
     "subset-info": Command(

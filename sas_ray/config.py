@@ -229,7 +229,8 @@ class EmbedConfig:
     num_actors: int = setting(2, result=False, ge=1)  # on a GPU cluster: at most one per GPU
     feature: Literal["projection", "backbone"] = "projection"
     image_size: int | None = setting(None, ge=1)  # None: the proxy's own input size
-    amp: bool = True  # bf16 autocast on GPUs
+    # bf16 autocast on GPUs (rounding, like the device: not in the fingerprint)
+    amp: bool = setting(True, result=False)
     # Ray only; None: (cluster CPUs - 1) / num_actors
     cpus_per_actor: float | None = setting(None, result=False, gt=0)
     # torch threads per actor; None: floor(cpus_per_actor), >= 1 (local executor: every core)

@@ -105,6 +105,16 @@ def commit_table(out: str, stage: str, table: pa.Table, meta: dict[str, Any], co
     return storage.require_manifest(out, stage)
 
 
+def ranking_table(ids: np.ndarray, ranking: Ranking) -> pa.Table:
+    """The ``ranking`` artifact's table of ``ranking`` over rows ``ids``, sorted by rank."""
+    return pa.table({
+        "id": pa.array(ids[ranking.order], pa.int64()),
+        "rank": pa.array(np.arange(ranking.order.size), pa.int64()),
+        "score": pa.array(ranking.scores, pa.float64()),
+        "latent_class": pa.array(ranking.latent[ranking.order], pa.int64()),
+    })
+
+
 def _check_unique(ids: np.ndarray, uri: str) -> None:
     if ids.size > 1 and (np.diff(ids) == 0).any():
         raise SasRayError(f"{uri} holds {int((np.diff(ids) == 0).sum())} duplicated ids; "

@@ -20,7 +20,6 @@ import time
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from sas_ray.config import Config, result_settings
 from sas_ray.core.selection.ranking import check_fraction
@@ -35,9 +34,11 @@ from sas_ray.io.artifacts import (
     RANKING,
     commit_table,
     load_ranking,
+    ranking_table,
     read_embeddings,
     read_partition,
 )
+from sas_ray.stages import incremental
 from sas_ray.stages.latent import class_sizes
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,11 @@ def rank(cfg: Config, embeddings_uri: str, partition_uri: str, strategy: str, ou
         raise SasRayError(f"strategy '{strategy}' with these settings ranks for one fraction "
                           "only; pass --fraction")
     fraction = None if nested else fraction
+    if cfg.select.incremental and incremental.applies(strategy, nested):
+        done = incremental.rank_incremental(cfg, embeddings_uri, partition_uri, strategy, out,
+                                            executor)
+        if done is not None:
+            return done
     limit = 1.0
     if nested and strategy in RANK_LIMITED:
         limit = check_fraction(cfg.select.rank_limit if rank_limit is None else rank_limit)
@@ -84,23 +90,22 @@ def rank(cfg: Config, embeddings_uri: str, partition_uri: str, strategy: str, ou
                        dataclasses.replace(cfg.select, rank_limit=limit), emb.labels,
                        map_classes=(executor or get_executor(cfg)).class_map(
                            cfg.select.num_workers))
-    table = pa.table({
-        "id": pa.array(emb.ids[ranking.order], pa.int64()),
-        "rank": pa.array(np.arange(ranking.order.size), pa.int64()),
-        "score": pa.array(ranking.scores, pa.float64()),
-        "latent_class": pa.array(latent[ranking.order], pa.int64()),
-    })
+    table = ranking_table(emb.ids, ranking)
+    files, meta_classes = incremental.class_state(cfg, strategy, nested, ranking, emb)
     meta = {"strategy": strategy, "nested": ranking.nested, "balanced": ranking.balanced,
             "seed": seed, "fraction": ranking.fraction, "rank_limit": ranking.limit,
             "num_rows": int(emb.ids.size), "shards": emb.shards,
             "sizes": class_sizes(latent), "seconds": round(time.perf_counter() - start, 2)}
-    return commit_table(out, RANKING, table, meta, config, inputs, seed)
+    return commit_table(out, RANKING, table, meta | meta_classes, config, inputs, seed, files)
 
 
 def cli_select(cfg: Config, args: argparse.Namespace) -> None:
     """``sas-ray select --embeddings DIR --partition DIR --out DIR``: every strategy of
     ``select.strategies`` at ``OUT/<strategy>``, a non-nested one for every fraction of
-    ``sweep.fractions`` at ``OUT/<strategy>/f<fraction>`` (the pipeline's rankings/ layout)."""
+    ``sweep.fractions`` at ``OUT/<strategy>/f<fraction>`` (the pipeline's rankings/ layout);
+    ``--incremental PREVIOUS`` sets ``select.incremental``."""
+    if args.incremental:
+        cfg.select.incremental = args.incremental
     for strategy in dict.fromkeys(cfg.select.strategies):
         nested = is_nested(strategy, cfg.select)
         for fraction in [None] if nested else sorted(set(cfg.sweep.fractions)):
@@ -123,6 +128,11 @@ def cli_subset_info(cfg: Config, args: argparse.Namespace) -> None:
     print(f"{args.subset}: strategy {ranking.strategy}, "
           f"{'nested' if ranking.ranking.nested else 'not nested'}, {n:,} rows")
     print(f"subset at fraction {fraction}: {chosen.size:,} rows")
+    grown = storage.require_manifest(args.subset, RANKING)["meta"].get("incremental")
+    if grown:
+        print(f"incremental from {grown['previous']} ({grown['greedy']}): "
+              f"{grown['new_rows']:,} new rows; classes "
+              + ", ".join(f"{grown['classes'].get(k, 0)} {k}" for k in incremental.HOW))
     values, total = np.unique(ranking.ranking.latent, return_counts=True)
     kept = np.unique(ranking.ranking.latent[chosen], return_counts=True)
     kept_by = dict(zip(kept[0].tolist(), kept[1].tolist(), strict=True))

@@ -1,7 +1,8 @@
 """Density-based pruning (DBP; Abbas et al. 2024, "Effective pruning of web-scale datasets
 based on complexity of concept clusters").
 
-Unit rows are clustered by k-means (:func:`sas_ray.core.selection.latent.kmeans`) into
+Unit rows are clustered by the project's k-means (:func:`~sas_ray.core.selection.hkmeans.
+centroids_of`: faiss when installed) into
 ``select.dbp_clusters`` clusters (0: ``round(sqrt(n))``; empty clusters dropped), with unit
 centroids c_j. Each cluster's complexity is
 
@@ -34,8 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from sas_ray.config import SelectConfig
-from sas_ray.core.selection.hkmeans import compact, within_group_rank
-from sas_ray.core.selection.latent import assign_nearest, kmeans
+from sas_ray.core.selection.hkmeans import centroids_of, compact, within_group_rank
+from sas_ray.core.selection.latent import assign_nearest
 from sas_ray.core.selection.ranking import ClassMap, Ranking, check_inputs, map_serial
 from sas_ray.core.selection.similarity import normalize_rows
 from sas_ray.errors import SasRayError
@@ -82,6 +83,28 @@ def nested_keys(cluster: np.ndarray, within_rank: np.ndarray, log_w: np.ndarray)
     return np.log(within_rank + 0.5) - log_w[cluster]
 
 
+@dataclass(frozen=True)
+class Clusters:
+    """DBP's clusters of the rows: assignment (n,), squared distance to the centroid (n,)
+    and each cluster's complexity."""
+
+    assignment: np.ndarray
+    distance: np.ndarray
+    complexity: Complexity
+
+
+def dbp_clusters(xn: np.ndarray, cfg: SelectConfig, rng: np.random.Generator) -> Clusters:
+    """k-means of the unit rows ``xn`` (n, d) into ``select.dbp_clusters`` clusters (0:
+    round(sqrt(n))), empty ones dropped, and their complexity."""
+    n = xn.shape[0]
+    k = min(n, cfg.dbp_clusters or max(1, round(np.sqrt(n))))
+    centroids = centroids_of(xn, k, rng)
+    assignment, dist = assign_nearest(xn, centroids)
+    assignment, centroids = compact(assignment, centroids)
+    return Clusters(assignment=assignment, distance=dist,
+                    complexity=cluster_complexity(xn, assignment, centroids, cfg.dbp_neighbors))
+
+
 def select_dbp(embeddings: np.ndarray, latent: np.ndarray, fraction: float | None, seed: int,
                cfg: SelectConfig, labels: np.ndarray | None = None, *,
                map_classes: ClassMap = map_serial) -> Ranking:
@@ -91,17 +114,13 @@ def select_dbp(embeddings: np.ndarray, latent: np.ndarray, fraction: float | Non
     if cfg.dbp_within not in WITHIN_RULES:
         raise SasRayError(f"unknown select.dbp_within '{cfg.dbp_within}'; use one of "
                           f"{', '.join(WITHIN_RULES)}")
-    n = embeddings.shape[0]
-    xn = normalize_rows(embeddings)
     rng = np.random.default_rng(seed % 2**64)
-    k = min(n, cfg.dbp_clusters or max(1, round(np.sqrt(n))))
-    centroids = kmeans(xn, k, int(rng.integers(2**32)))
-    assignment, dist = assign_nearest(xn, centroids)
-    assignment, centroids = compact(assignment, centroids)
-    cx = cluster_complexity(xn, assignment, centroids, cfg.dbp_neighbors)
-    within = {"random": rng.random(n), "easy": dist, "hard": -dist}[cfg.dbp_within]
-    rank = within_group_rank(assignment, within)
-    keys = nested_keys(assignment, rank, log_weights(cx.complexity, cfg.dbp_temperature))
-    order = np.lexsort((rank, assignment, keys))
+    cl = dbp_clusters(normalize_rows(embeddings), cfg, rng)
+    within = {"random": lambda: rng.random(cl.assignment.size), "easy": lambda: cl.distance,
+              "hard": lambda: -cl.distance}[cfg.dbp_within]()
+    rank = within_group_rank(cl.assignment, within)
+    keys = nested_keys(cl.assignment, rank,
+                       log_weights(cl.complexity.complexity, cfg.dbp_temperature))
+    order = np.lexsort((rank, cl.assignment, keys))
     return Ranking(order=order, scores=keys[order], latent=latent.astype(np.int64, copy=False),
                    nested=True, balanced=False)

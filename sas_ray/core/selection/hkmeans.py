@@ -14,8 +14,9 @@ curation behind DINOv3's LVD-1689M). Rows are unit-normalised and clustered leve
   point. Resampling moves centroids from dense regions towards an even cover of the
   support, so a level's clusters split concepts rather than density.
 
-k-means is :func:`sas_ray.core.selection.latent.kmeans` (the project's backend), then
-nearest-centroid assignment; empty clusters are dropped.
+k-means is :func:`sas_ray.core.selection.latent.kmeans_centroids` with the default latent
+k-means settings (faiss when installed, else the mini-batch k-means), then nearest-centroid
+assignment; empty clusters are dropped.
 
 Balanced hierarchical sampling. For a budget m, Vo et al. give every top cluster the same
 share, capped at its size, the cut level chosen so the shares sum to m (water-filling; the
@@ -40,8 +41,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sas_ray.config import SelectConfig
-from sas_ray.core.selection.latent import assign_nearest, kmeans
+from sas_ray.config import LatentConfig, SelectConfig
+from sas_ray.core.selection.latent import assign_nearest, kmeans_centroids
 from sas_ray.core.selection.ranking import ClassMap, Ranking, check_inputs, map_serial
 from sas_ray.core.selection.similarity import normalize_rows
 from sas_ray.errors import SasRayError
@@ -86,6 +87,11 @@ def within_group_rank(group: np.ndarray, *keys: np.ndarray) -> np.ndarray:
     return rank
 
 
+def centroids_of(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means centroids (k, d) of ``x`` by the project's k-means (default latent settings)."""
+    return kmeans_centroids(x, LatentConfig(k=k), int(rng.integers(2**32)))
+
+
 def compact(assignment: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Drop empty clusters: renumber ``assignment`` 0..k'-1 and keep the used centroids."""
     used, inverse = np.unique(assignment, return_inverse=True)
@@ -96,12 +102,12 @@ def resampled_kmeans(x: np.ndarray, k: int, steps: int, rng: np.random.Generator
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One level: k-means of ``x`` (p, d), then ``steps`` resampling steps (module
     docstring). Returns (assignment (p,), centroids (k', d), squared distance (p,))."""
-    centroids = kmeans(x, k, int(rng.integers(2**32)))
+    centroids = centroids_of(x, k, rng)
     assignment, dist = assign_nearest(x, centroids)
     sample = x.shape[0] // k // 2  # half the mean cluster size
     for _ in range(steps if sample > 1 else 0):
         keep = within_group_rank(assignment, dist) < sample  # the closest rows per cluster
-        centroids = kmeans(x[keep], min(k, int(keep.sum())), int(rng.integers(2**32)))
+        centroids = centroids_of(x[keep], min(k, int(keep.sum())), rng)
         assignment, dist = assign_nearest(x, centroids)
     assignment, centroids = compact(assignment, centroids)
     return assignment, centroids, dist
