@@ -6,7 +6,8 @@ Layout under ``run.storage`` (local or ``s3://``)::
 
     shards/               ingest (skipped when data.source already is a shards artifact)
     pool/                 data.pool_size stratified train images + the other splits (if set)
-    proxy/                proxy encoder (encoder.pt), unless proxy.checkpoint is given
+    proxy/                proxy encoder (encoder.pt), unless proxy.checkpoint or a
+                          pretrained proxy.encoder is given (then nothing is trained)
     proxy-run/<fp>/       the proxy's training run
     embeddings/           proxy embeddings of the train split
     partition/<method>/   latent classes, one per sweep.latent_methods (default latent.method)
@@ -39,6 +40,7 @@ from typing import Any
 from sas_ray.analysis.records import METRICS, read_sweep
 from sas_ray.analysis.report import PLOT_FILE, analyze, render, report_files
 from sas_ray.config import Config
+from sas_ray.core.models.encoders import EncoderRef
 from sas_ray.errors import SasRayError
 from sas_ray.executors import get_executor
 from sas_ray.executors.base import Executor
@@ -119,6 +121,9 @@ class State:
         storage.write_json_atomic(self.uri, {"stages": self.stages})
         if extra.get("given"):
             log.info("stage %s: given (%s)", stage, uri)
+        elif extra.get("pretrained"):
+            log.info("stage %s: pretrained %s (weights sha %s), no training", stage,
+                     extra["pretrained"], fingerprint[:12])
         elif cached:
             log.info("stage %s: cached (fp %s)", stage, fingerprint[:8])
         else:
@@ -179,12 +184,22 @@ def shards_stage(cfg: Config, layout: Layout, state: State, executor: Executor
 
 
 def proxy_stage(cfg: Config, layout: Layout, state: State, executor: Executor, shards_uri: str,
-                shards: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
-    """(encoder file, proxy manifest): ``proxy.checkpoint`` (no manifest), or the proxy run."""
+                shards: dict[str, Any]) -> tuple[str | EncoderRef, dict[str, Any] | None]:
+    """(encoder, proxy manifest): ``proxy.checkpoint`` (no manifest), a pretrained
+    ``proxy.encoder`` (no manifest, no training; recorded under its weights' sha256), or the
+    proxy run's encoder file."""
     if cfg.proxy.checkpoint:
         state.record("proxy", fingerprint=None, uri=cfg.proxy.checkpoint, cached=True,
                      seconds=0.0, given=True)
         return cfg.proxy.checkpoint, None
+    if (ref := proxy_mod.encoder_ref(cfg)) is not None:
+        start = time.perf_counter()
+        sha = proxy_mod.weights_sha256(ref)
+        previous = state.stages.get("proxy", {}).get("fingerprint")
+        state.record("proxy", fingerprint=sha, uri=ref.weights or ref.name,
+                     cached=previous == sha, seconds=time.perf_counter() - start,
+                     pretrained=ref.name)
+        return ref, None
     manifest = _artifact_stage(state, "proxy", layout.proxy, lambda: proxy_mod.train_proxy(
         cfg, executor, shards_uri, shards, layout.proxy, layout.proxy_runs))
     return proxy_mod.encoder_file(layout.proxy), manifest
@@ -343,7 +358,8 @@ def cli_sweep(cfg: Config, args: argparse.Namespace) -> None:
     layout = Layout(cfg.run.storage)
     shards_uri, shards = existing_shards(cfg, layout)
     spec = sweep_spec(cfg, shards_uri, shards, existing_rankings(cfg, layout), layout.runs)
-    proxy = storage.read_manifest(layout.proxy) if not cfg.proxy.checkpoint else None
+    trained = proxy_mod.encoder_ref(cfg) is None
+    proxy = storage.read_manifest(layout.proxy) if trained else None
     executor = get_executor(cfg)
     try:
         result = run_sweep(cfg, spec, executor, args.experiment or layout.sweep, layout.tune,

@@ -9,8 +9,9 @@ and the fix. A check belongs to a *scope*, the commands it concerns:
   warm-up within the epochs, local Ray CPUs for the training workers);
 - ``sweep``: the sweep has seeds and something to train;
 - ``pipeline``: inputs only the pipeline reads from the config (``data.source``,
-  ``proxy.checkpoint``) exist when local; ``s3://`` ones are left to the stage that reads them;
-- ``embed``: ``proxy.checkpoint`` is given and exists;
+  ``proxy.checkpoint``, ``proxy.weights``) exist when local; ``s3://`` ones are left to the
+  stage that reads them; ``proxy.encoder`` is ``train`` or a registry name;
+- ``embed``: ``proxy.checkpoint`` or a pretrained ``proxy.encoder`` is given and exists;
 - ``select``: there is a strategy to rank.
 """
 
@@ -130,12 +131,37 @@ def proxy_checkpoint_exists(cfg: Config) -> None:
                           "ResNet weights")
 
 
+@check("pipeline")
+def proxy_encoder_known(cfg: Config) -> None:
+    from sas_ray.core.models.encoders import TRAIN, parse
+    from sas_ray.errors import SasRayError
+
+    p = cfg.proxy
+    if p.encoder == TRAIN:
+        return
+    if p.checkpoint:
+        raise ConfigError("proxy.checkpoint and proxy.encoder both name a proxy; pass "
+                          "--proxy.encoder sas-ray --proxy.weights PATH, or only one of them")
+    try:
+        parse(p.encoder)
+    except SasRayError as err:
+        raise ConfigError(f"config key 'proxy.encoder': {err}") from None
+    if p.weights is None and not p.allow_download:
+        raise ConfigError(f"proxy.encoder {p.encoder} needs --proxy.weights PATH (a file or "
+                          "directory, local or s3://), or --proxy.allow_download true")
+    if p.weights is not None and _local_path_missing(p.weights):
+        raise ConfigError(f"config key 'proxy.weights': {p.weights} does not exist; pass the "
+                          f"weights file or directory of {p.encoder}")
+
+
 @check("embed")
 def proxy_checkpoint_given(cfg: Config) -> None:
-    if cfg.proxy.checkpoint is None:
+    if cfg.proxy.checkpoint is None and cfg.proxy.encoder == "train":
         raise ConfigError("embed needs an encoder: pass --proxy.checkpoint PATH (a sas-ray "
-                          "checkpoint or run directory, or torchvision ResNet weights)")
+                          "checkpoint or run directory, or torchvision ResNet weights) or "
+                          "--proxy.encoder NAME --proxy.weights PATH (a pretrained encoder)")
     proxy_checkpoint_exists(cfg)
+    proxy_encoder_known(cfg)
 
 
 @check("select")

@@ -45,8 +45,15 @@ def mean_view_embeddings(model: Encoder, images: torch.Tensor, augment: SimCLRAu
 
 
 def encoder_fingerprint(model: Encoder) -> str:
-    """A short hash of an encoder's architecture spec and weights (independent of file format)."""
+    """A short hash of an encoder's architecture spec and weights (independent of file format).
+
+    A pretrained encoder whose spec holds its weights file's ``weights_sha256``
+    (:mod:`sas_ray.core.models.encoders`) is hashed by its spec alone: that hash covers the
+    weights, and large models need not be hashed tensor by tensor.
+    """
     h = hashlib.sha256(json.dumps(model.spec, sort_keys=True).encode())
+    if "weights_sha256" in model.spec:
+        return h.hexdigest()[:16]
     for name, tensor in sorted(model.state_dict().items()):
         h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())

@@ -31,7 +31,7 @@ from sas_ray.config import Config, EmbedConfig, result_settings
 from sas_ray.core.data.augment import SimCLRAugment, to_nchw
 from sas_ray.core.data.images import decode_images
 from sas_ray.core.embedding import encoder_fingerprint, mean_view_embeddings
-from sas_ray.core.models.checkpoint import load_encoder
+from sas_ray.core.models.encoders import EncoderRef
 from sas_ray.core.seeding import example_generators
 from sas_ray.errors import SasRayError
 from sas_ray.executors import get_executor
@@ -54,24 +54,26 @@ class EmbedBatch:
     Built once per worker: loads the proxy (eval mode) onto ``device`` and uses ``threads``
     torch threads. Images are decoded to ``image_size``; the embedding of each is
     :func:`~sas_ray.core.embedding.mean_view_embeddings` of ``views`` views drawn from its
-    ``(seed, id)`` generator (``views=0``: the plain image).
+    ``(seed, id)`` generator (``views=0``: the plain image), normalised with the encoder's own
+    mean/std; on a GPU under bf16 autocast when ``amp``.
     """
 
-    def __init__(self, proxy: str, views: int, feature: str, dtype: str, seed: int,
-                 image_size: int, threads: int, device: str = "cpu") -> None:
+    def __init__(self, proxy: EncoderRef, views: int, feature: str, dtype: str, seed: int,
+                 image_size: int, threads: int, device: str = "cpu", amp: bool = True) -> None:
         torch.set_num_threads(threads)
         self.device = torch.device(device)
-        self.model = load_encoder(proxy).eval().to(self.device)
-        self.augment = SimCLRAugment(size=image_size)
+        self.model = proxy.load(storage.FILES).to(self.device)
+        self.augment = SimCLRAugment(size=image_size, mean=self.model.mean, std=self.model.std)
         self.views, self.feature, self.seed, self.image_size = views, feature, seed, image_size
-        self.dtype = dtype
+        self.dtype, self.amp = dtype, amp and self.device.type == "cuda"
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         ids = batch["id"].to_numpy()
         images = to_nchw(decode_images(batch["image"].to_pylist(), size=self.image_size))
         gens = example_generators(ids, self.seed) if self.views > 0 else None
-        emb = mean_view_embeddings(self.model, images.to(self.device), self.augment,
-                                   self.views, self.feature, gens)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+            emb = mean_view_embeddings(self.model, images.to(self.device), self.augment,
+                                       self.views, self.feature, gens)
         np_dtype, pa_dtype = DTYPES[self.dtype]
         flat = pa.array(emb.cpu().numpy().astype(np_dtype).ravel(), pa_dtype)
         return pa.table([batch["id"], batch["label"],
@@ -113,11 +115,13 @@ def _verify_ids(files: list[str], expected: np.ndarray) -> None:
                           "duplicated); rerun `sas-ray embed`")
 
 
-def embed(cfg: Config, data_uri: str, proxy: str, out: str, executor: Executor | None = None,
+def embed(cfg: Config, data_uri: str, proxy: str | EncoderRef, out: str,
+          executor: Executor | None = None,
           batch_class: type[EmbedBatch] = EmbedBatch) -> dict[str, Any]:
-    """Embed the train split of the shards at ``data_uri`` with the encoder at ``proxy``
-    (a sas-ray checkpoint, a directory holding one, or torchvision ResNet weights; local or
-    ``s3://``) and commit an ``embeddings`` artifact at ``out``; returns its manifest.
+    """Embed the train split of the shards at ``data_uri`` with the encoder ``proxy`` (a
+    registry entry, :mod:`sas_ray.core.models.encoders`; a path: a sas-ray checkpoint, a
+    directory holding one, or torchvision ResNet weights; local or ``s3://``) and commit an
+    ``embeddings`` artifact at ``out``; returns its manifest.
 
     The batches run on ``executor`` (default: the one ``run.executor`` names) through
     ``batch_class`` (tests pass a subclass that injects faults). An artifact at ``out`` made
@@ -131,7 +135,8 @@ def embed(cfg: Config, data_uri: str, proxy: str, out: str, executor: Executor |
     if expected.size == 0:
         raise SasRayError(f"shards at {data_uri} have no 'train' examples; ingest a source "
                           "with a train split")
-    model = load_encoder(proxy)
+    ref = proxy if isinstance(proxy, EncoderRef) else EncoderRef("sas-ray", proxy)
+    model = ref.load(storage.FILES)
     image_size = ecfg.image_size or model.spec["image_size"]
     probe = torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8)
     dim = mean_view_embeddings(model, probe, SimCLRAugment(size=image_size), 0,
@@ -151,13 +156,15 @@ def embed(cfg: Config, data_uri: str, proxy: str, out: str, executor: Executor |
     try:
         with storage.write_artifact(out, STAGE, config=settings, inputs=inputs, seed=seed) as w:
             used = executor.map_batches(
-                batch_class, {"proxy": proxy, "views": ecfg.views, "feature": ecfg.feature,
-                              "dtype": ecfg.dtype, "seed": seed, "image_size": image_size},
+                batch_class, {"proxy": ref, "views": ecfg.views, "feature": ecfg.feature,
+                              "dtype": ecfg.dtype, "seed": seed, "image_size": image_size,
+                              "amp": ecfg.amp},
                 data_uri, "train", COLUMNS, ecfg.batch_size, w.dir,
                 Workers(count=ecfg.num_actors, cpus=ecfg.cpus_per_actor, threads=ecfg.threads))
             _verify_ids([f for f in storage.list_files(w.dir) if f.endswith(".parquet")],
                         expected)
-            w.meta.update(settings, dim=dim, num_rows=int(expected.size), proxy=proxy,
+            w.meta.update(settings, dim=dim, num_rows=int(expected.size), proxy=ref.weights,
+                          encoder=ref.name, data=data_uri,
                           proxy_fingerprint=inputs["proxy"], executor=executor.name, **used,
                           seconds=round(time.perf_counter() - start, 2))
     except BaseException:
@@ -170,9 +177,13 @@ def embed(cfg: Config, data_uri: str, proxy: str, out: str, executor: Executor |
 
 
 def cli_embed(cfg: Config, args: argparse.Namespace) -> None:
-    """``sas-ray embed --data SHARDS --proxy.checkpoint CHECKPOINT --out DIR``."""
-    assert cfg.proxy.checkpoint is not None  # the CLI's validation requires it
-    manifest = embed(cfg, args.data, cfg.proxy.checkpoint, args.out)
+    """``sas-ray embed --data SHARDS --proxy.checkpoint CHECKPOINT --out DIR`` (or
+    ``--proxy.encoder NAME --proxy.weights PATH``: a pretrained encoder)."""
+    from sas_ray.stages.proxy import encoder_ref
+
+    ref = encoder_ref(cfg)
+    assert ref is not None  # the CLI's validation requires a proxy
+    manifest = embed(cfg, args.data, ref, args.out)
     meta = manifest["meta"]
     print(f"embeddings: {meta['num_rows']:,} train examples x {meta['dim']} ({meta['dtype']}, "
           f"{meta['views']} view(s), {meta['feature']}) -> {args.out}")

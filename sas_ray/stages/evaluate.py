@@ -38,7 +38,7 @@ def load_split(data: str, split: str, size: int) -> tuple[np.ndarray, np.ndarray
 
 def evaluate_checkpoint(checkpoint: str, data: str, cfg: Config) -> dict[str, Any]:
     """Load an encoder, read the labelled train/test splits of ``data`` and evaluate."""
-    model = load_encoder(checkpoint)
+    model = load_encoder(checkpoint, files=storage.FILES)
     size = model.spec["image_size"]
     train_images, train_labels = load_split(data, "train", size)
     test_images, test_labels = load_split(data, "test", size)

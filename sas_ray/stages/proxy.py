@@ -8,6 +8,13 @@ run directory ``<runs>/<fingerprint[:8]>`` (a rerun after a crash resumes there)
 (``train_fingerprint``, ``seed``, ``run``), so that the sweep's full-data trial with the same
 training evaluates this run instead of training the same network again
 (:func:`aliases`). The proxy never writes into the sweep's run directories.
+
+With ``proxy.encoder`` a registry name (:mod:`sas_ray.core.models.encoders`: ``sas-ray``,
+``torchvision:NAME``, ``timm:NAME``, ``open_clip:ARCH``) and ``proxy.weights`` its file or
+directory, the proxy is that pretrained encoder and nothing is trained (:func:`encoder_ref`);
+the pipeline records it under the sha256 of the weights' bytes (:func:`weights_sha256`), which
+the embeddings depend on through the encoder's spec. ``proxy.checkpoint`` is the older
+spelling of ``sas-ray`` weights.
 """
 
 from __future__ import annotations
@@ -18,11 +25,34 @@ from typing import Any
 
 from sas_ray.config import Config
 from sas_ray.core.models.checkpoint import ENCODER_FILE
+from sas_ray.core.models.encoders import TRAIN, EncoderRef, parse
+from sas_ray.errors import SasRayError
 from sas_ray.executors.base import Executor
 from sas_ray.io import storage
 from sas_ray.stages.sweep import Aliases, completed_fit, train_fingerprint, train_settings
 
 STAGE = "proxy"
+
+
+def encoder_ref(cfg: Config) -> EncoderRef | None:
+    """The pretrained proxy ``cfg`` names (``proxy.encoder``/``proxy.weights``, or
+    ``proxy.checkpoint``), or None when the proxy is trained."""
+    p = cfg.proxy
+    if p.checkpoint and p.encoder != TRAIN:
+        raise SasRayError("proxy.checkpoint and proxy.encoder both name a proxy; pass "
+                          "--proxy.encoder sas-ray --proxy.weights PATH, or only one of them")
+    if p.checkpoint:
+        return EncoderRef("sas-ray", p.checkpoint)
+    if p.encoder == TRAIN:
+        return None
+    parse(p.encoder)
+    return EncoderRef(p.encoder, p.weights, p.allow_download)
+
+
+def weights_sha256(ref: EncoderRef) -> str:
+    """The sha256 of the bytes of the weights file ``ref`` loads (``"download"`` for weights
+    the library fetches: the embed stage hashes their tensors)."""
+    return "download" if ref.weights is None else ref.weights_file(storage.FILES).sha256
 
 
 def proxy_config(cfg: Config) -> Config:

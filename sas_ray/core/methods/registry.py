@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from sas_ray.config import Config
+from sas_ray.core.data.files import LOCAL_FILES, Files
 from sas_ray.core.methods.base import Method
 from sas_ray.core.methods.byol import BYOL
 from sas_ray.core.methods.moco import MoCo
@@ -44,10 +45,11 @@ def method_from_spec(encoder_spec: dict[str, Any], method_spec: dict[str, Any]) 
     return cls(encoder_from_spec(encoder_spec), cls.config_type(**method_spec["params"]))
 
 
-def load_method(path: str) -> Method:
+def load_method(path: str, files: Files = LOCAL_FILES) -> Method:
     """The whole method (encoder, momentum encoder, queue, predictor) saved at ``path`` by
-    :func:`~sas_ray.core.models.checkpoint.save_encoder`, on the CPU in training mode."""
-    payload = read_checkpoint(path)
+    :func:`~sas_ray.core.models.checkpoint.save_encoder`, on the CPU in training mode (read
+    through ``files``)."""
+    payload = read_checkpoint(path, files)
     if not is_sas_ray(payload) or payload.get("method") is None:
         raise SasRayError(f"checkpoint {path} holds no method (a bare encoder, an older file "
                           "or torchvision weights); load it with load_encoder")

@@ -1,7 +1,7 @@
 """Checkpoints: one file holding the method, the architecture, the weights and the config.
 
 ``save_encoder(path, model, cfg)`` writes, with ``torch.save`` and atomically (a reader never
-sees half a file)::
+sees half a file; local files, :func:`encoder_bytes` for elsewhere)::
 
     {"format": "sas-ray-encoder", "version": 2,
      "spec": the encoder's spec (arch, width, stem, image_size, head blocks),
@@ -12,7 +12,7 @@ sees half a file)::
 ``model`` is a :class:`~sas_ray.core.methods.base.Method` (possibly DDP-wrapped) or a bare
 :class:`~sas_ray.core.models.heads.Encoder`. ``load_encoder(path)`` accepts
 
-- that file (local path or ``s3://`` URI) of any method, or a version-1 file (SimCLR only,
+- that file of any method, or a version-1 file (SimCLR only,
   spec with proj_hidden/proj_dim, the encoder's weights unprefixed),
 - a directory holding it as ``encoder.pt`` (a Ray Train checkpoint or a run directory),
 - a torchvision ResNet state dict (e.g. ``resnet18-f37072fd.pth``): the backbone gets the
@@ -21,7 +21,10 @@ sees half a file)::
 
 and returns the :class:`~sas_ray.core.models.heads.Encoder` on the CPU in eval mode (the whole
 method: :func:`sas_ray.core.methods.load_method`). Only tensors and plain containers are
-unpickled (``torch.load(weights_only=True)``).
+unpickled (``torch.load(weights_only=True)``). Files are read through a
+:class:`~sas_ray.core.data.files.Files` (local paths by default; callers in the stages pass the
+storage layer's ``FILES``, which reaches ``s3://``): the core does not import the I/O layer.
+Other pretrained encoders (torchvision, timm, open_clip): :mod:`sas_ray.core.models.encoders`.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import torch
 from torch import nn
 
 from sas_ray.config import Config
+from sas_ray.core.data.files import LOCAL_FILES, Files
 from sas_ray.core.models.backbones import ARCHS
 from sas_ray.core.models.heads import Encoder, build_model, encoder_from_spec
 from sas_ray.errors import SasRayError
@@ -68,17 +72,23 @@ def encoder_payload(model: nn.Module, cfg: Config | None = None,
     }
 
 
-def save_encoder(path: str, model: nn.Module, cfg: Config | None = None,
-                 meta: dict[str, Any] | None = None) -> None:
-    """Write ``model`` (a method, possibly DDP-wrapped, or an encoder) to ``path`` atomically."""
+def encoder_bytes(model: nn.Module, cfg: Config | None = None,
+                  meta: dict[str, Any] | None = None) -> bytes:
+    """The file :func:`save_encoder` writes, as bytes (to store elsewhere, e.g. on S3)."""
     buf = io.BytesIO()
     torch.save(encoder_payload(model, cfg, meta), buf)
-    data = buf.getvalue()
-    if path.startswith("s3://"):
-        from sas_ray.io import storage  # pyarrow/s3fs only when writing to S3
+    return buf.getvalue()
 
-        storage.write_bytes_atomic(path, data)
-        return
+
+def save_encoder(path: str, model: nn.Module, cfg: Config | None = None,
+                 meta: dict[str, Any] | None = None) -> None:
+    """Write ``model`` (a method, possibly DDP-wrapped, or an encoder) to the local ``path``
+    atomically (for ``s3://``: the storage layer's ``write_bytes_atomic`` of
+    :func:`encoder_bytes`)."""
+    if "://" in path:
+        raise SasRayError(f"save_encoder writes local files, not {path}; write "
+                          "encoder_bytes(...) through sas_ray.io.storage.write_bytes_atomic")
+    data = encoder_bytes(model, cfg, meta)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     try:
@@ -90,23 +100,15 @@ def save_encoder(path: str, model: nn.Module, cfg: Config | None = None,
             os.remove(tmp)
 
 
-def _read(path: str) -> bytes:
-    if path.startswith("s3://"):
-        from sas_ray.io import storage
-
-        if not storage.exists(path):
-            raise SasRayError(f"checkpoint {path} does not exist; pass a sas-ray checkpoint "
-                              f"file, a directory holding {ENCODER_FILE}, or torchvision weights")
-        if not path.endswith((".pt", ".pth")) and storage.exists(storage.join(path, ENCODER_FILE)):
-            path = storage.join(path, ENCODER_FILE)
-        return storage.read_bytes(path)
-    if os.path.isdir(path):
-        path = os.path.join(path, ENCODER_FILE)
-    if not os.path.isfile(path):
+def _read(path: str, files: Files) -> bytes:
+    """The checkpoint file's bytes: ``path``, or ``path/encoder.pt`` for a directory."""
+    inner = f"{path.rstrip('/')}/{ENCODER_FILE}"
+    if not path.endswith((".pt", ".pth")) and files.exists(inner):
+        path = inner
+    if not files.exists(path) or os.path.isdir(path):
         raise SasRayError(f"checkpoint {path} does not exist; pass a sas-ray checkpoint file, "
                           f"a directory holding {ENCODER_FILE}, or torchvision weights")
-    with open(path, "rb") as f:
-        return f.read()
+    return files.read_bytes(path)
 
 
 def _torchvision_arch(state: dict[str, torch.Tensor]) -> str:
@@ -132,9 +134,10 @@ def _from_torchvision(state: dict[str, torch.Tensor], arch: str | None) -> Encod
     return model
 
 
-def read_checkpoint(path: str) -> Any:
-    """The unpickled contents of the file at ``path`` (module docstring), any format."""
-    data = _read(path)
+def read_checkpoint(path: str, files: Files = LOCAL_FILES) -> Any:
+    """The unpickled contents of the file at ``path`` (module docstring), any format, read
+    through ``files`` (local paths by default; the storage layer's ``FILES`` reaches S3)."""
+    data = _read(path, files)
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:
@@ -167,12 +170,13 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], path: str,
                           f"architecture {spec}; the file is damaged, retrain") from err
 
 
-def load_encoder(path: str, arch: str | None = None) -> Encoder:
-    """The encoder stored at ``path`` (see the module docstring), CPU, eval mode.
+def load_encoder(path: str, arch: str | None = None, files: Files = LOCAL_FILES) -> Encoder:
+    """The encoder stored at ``path`` (see the module docstring), CPU, eval mode, read through
+    ``files`` (:func:`read_checkpoint`).
 
     ``arch`` names the ResNet of a torchvision weights file when it cannot be inferred.
     """
-    payload = read_checkpoint(path)
+    payload = read_checkpoint(path, files)
     if is_sas_ray(payload):
         model, state = _encoder_weights(payload)
         load_state(model, state, path, payload["spec"])

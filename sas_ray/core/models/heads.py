@@ -23,6 +23,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from sas_ray.core.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from sas_ray.core.models.backbones import build_backbone, resolve_stem
 from sas_ray.errors import SasRayError
 
@@ -71,7 +72,7 @@ class Encoder(nn.Module):
     store it. ``backbone`` is any module mapping images to ``(N, feature_dim)``.
     """
 
-    def __init__(self, backbone: nn.Module, head: ProjectionHead, spec: dict[str, Any]) -> None:
+    def __init__(self, backbone: nn.Module, head: nn.Module, spec: dict[str, Any]) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -79,6 +80,17 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        """Per-channel mean of the normalisation its inputs get (ImageNet's unless the spec
+        names one: a pretrained encoder's own, :mod:`sas_ray.core.models.encoders`)."""
+        return tuple(self.spec.get("mean", IMAGENET_MEAN))
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        """Per-channel std of that normalisation."""
+        return tuple(self.spec.get("std", IMAGENET_STD))
 
     def embed(self, x: torch.Tensor, feature: Feature = "projection") -> torch.Tensor:
         """Backbone features ``(N, feature_dim)`` or projections ``(N, out_dim)`` of ``x``."""

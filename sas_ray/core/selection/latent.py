@@ -1,11 +1,13 @@
 """Approximate latent classes of the unlabeled data, and their agreement with true labels.
 
-Three ways (``latent.method``), as in the paper:
+Four ways (``latent.method``), as in the paper:
 
 * ``labels``: the ground-truth labels (the upper bound).
 * ``few-labels``: reveal ``label_fraction`` of the labels, stratified by class under the
   seed (at least one per class), fit a multinomial logistic regression (L-BFGS, L2) on the
   revealed proxy embeddings, and predict every row; revealed rows keep their true label.
+* ``clip-zeroshot``: the class name whose CLIP prompt embedding is nearest to the row
+  (:mod:`sas_ray.core.selection.zeroshot`; the rows must be a CLIP's image projections).
 * ``kmeans`` (``latent.kmeans_impl``): with faiss installed (``auto``/``faiss``), Lloyd's
   k-means by faiss (its GPU index where faiss has GPUs) on a uniform sample of
   ``kmeans_points_per_centroid * k`` rows, started from k-means++ centres (Arthur &
@@ -31,9 +33,10 @@ import torch
 
 from sas_ray.config import LatentConfig
 from sas_ray.core.selection.similarity import as_compute, check_embeddings, normalize_rows
+from sas_ray.core.selection.zeroshot import zeroshot_classes
 from sas_ray.errors import SasRayError
 
-METHODS = ("labels", "few-labels", "kmeans")
+METHODS = ("labels", "few-labels", "kmeans", "clip-zeroshot")
 
 
 @dataclass(frozen=True)
@@ -321,8 +324,12 @@ def merge_small_classes(x: np.ndarray, classes: np.ndarray,
 
 # ---------------------------------------------------------------- entry point
 def latent_classes(x: np.ndarray, labels: np.ndarray | None, cfg: LatentConfig,
-                   seed: int) -> Partition:
-    """Latent class of every row of ``x`` (n, d) by ``cfg.method``; labels: -1 = unknown."""
+                   seed: int, class_embeddings: np.ndarray | None = None) -> Partition:
+    """Latent class of every row of ``x`` (n, d) by ``cfg.method``; labels: -1 = unknown.
+
+    ``class_embeddings`` (C, d): the text embeddings of the class names that
+    ``clip-zeroshot`` assigns rows to (:mod:`sas_ray.core.selection.zeroshot`).
+    """
     check_embeddings(x)
     if labels is not None and labels.shape != (x.shape[0],):
         raise SasRayError(f"labels have shape {labels.shape} but there are {x.shape[0]} "
@@ -342,6 +349,11 @@ def latent_classes(x: np.ndarray, labels: np.ndarray | None, cfg: LatentConfig,
     elif cfg.method == "kmeans":
         nearest, dist = assign_nearest(x, kmeans_centroids(x, cfg, seed))
         classes = fill_empty(nearest, dist, cfg.k)
+    elif cfg.method == "clip-zeroshot":
+        if class_embeddings is None:
+            raise SasRayError("latent.method 'clip-zeroshot' needs the class names' text "
+                              "embeddings; run it through `sas-ray latent` or the pipeline")
+        classes = zeroshot_classes(x, class_embeddings)
     else:
         raise SasRayError(f"unknown latent.method '{cfg.method}'; use one of "
                           f"{', '.join(METHODS)}")
