@@ -66,6 +66,27 @@ def test_planned_batches_cut_each_file_and_cover_the_split(tmp_path: Path) -> No
     assert pa.concat_tables(tables)["id"].to_pylist() == list(range(256))
 
 
+def test_ray_map_blocks_takes_blocks_lazily() -> None:
+    """A streamed source is never pulled far ahead of the results: at most two blocks per
+    cluster CPU are in flight (the tar's blocks are not all put in the object store)."""
+    from sas_ray.executors.ray import RayExecutor
+    from sas_ray.executors.ray.session import cluster_cpus
+
+    window = max(2, 2 * int(cluster_cpus()))
+    pulled: list[int] = []
+
+    def blocks():  # type: ignore[no-untyped-def]
+        for i in range(3 * window):
+            pulled.append(i)
+            yield pa.table({"x": [i]})
+
+    rows = []
+    for row in RayExecutor(_cfg()).map_blocks(pa.Table.slice, blocks()):
+        rows.append(row)
+        assert len(pulled) - len(rows) <= window
+    assert sorted(r["x"] for r in rows) == list(range(3 * window))
+
+
 def test_ray_path_equals_plain_loop_and_reruns(tmp_path: Path, image_folder) -> None:
     written = image_folder(tmp_path / "src", {"train/a": 5, "train/b": 4, "test/a": 3,
                                                "unlabeled": 1})
