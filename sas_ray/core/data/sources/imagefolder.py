@@ -57,6 +57,11 @@ def folder_layout(paths: list[str]) -> list[tuple[str, str, str | None]]:
     A wrapper directory shared by every path (and not a split name) is skipped while paths
     are at least 3 levels deep, so ``cifar10/train/cat/1.jpg`` reads as ``train/cat/1.jpg``.
     """
+    return _layout(paths)[0]
+
+
+def _layout(paths: list[str]) -> tuple[list[tuple[str, str, str | None]], int]:
+    """:func:`folder_layout` and the wrapper's depth."""
     parts = [p.split("/") for p in paths]
     depth = _wrapper_depth(parts)
     parts = [p[depth:] for p in parts]
@@ -72,18 +77,18 @@ def folder_layout(paths: list[str]) -> list[tuple[str, str, str | None]]:
         else:
             split, rest = "train", p
         out.append((path, split, rest[0] if len(rest) >= 2 else None))
-    return out
+    return out, depth
 
 
 def _join(parent: str, name: str) -> str:
     return f"{parent}/{name}" if parent else name
 
 
-def empty_class_dirs(images: list[str], list_dirs: ListDirs) -> list[str]:
-    """Directories at the class level (``[wrapper/][split/]class``) below which no image
-    lies, sorted; hidden directories are not looked at."""
-    parts = [p.split("/") for p in images]
-    wrapper = "/".join(parts[0][:_wrapper_depth(parts)]) if parts else ""
+def empty_class_dirs(images: list[str], depth: int, list_dirs: ListDirs) -> list[str]:
+    """Directories at the class level (``[wrapper/][split/]class``; the wrapper: the first
+    ``depth`` parts of every path) below which no image lies, sorted; hidden directories
+    are not looked at."""
+    wrapper = "/".join(images[0].split("/")[:depth]) if images else ""
     full: set[str] = set()  # every directory that has an image below it
     for parent in {p.rpartition("/")[0] for p in images}:
         while parent and parent not in full:
@@ -108,13 +113,13 @@ def _imagefolder(spec: str, kind: str, files: dict[str, Any], list_dirs: ListDir
         raise SasRayError(f"no images found in {spec} ({len(ignored)} other files ignored); "
                           "expected train/<class>/*.jpg, <class>/*.png or a flat folder of "
                           f"images with extensions {', '.join(IMAGE_EXTENSIONS[:3])}...")
-    layout = folder_layout(images)
+    layout, depth = _layout(images)
     class_names = sorted({c for _, _, c in layout if c is not None})
     index = {c: i for i, c in enumerate(class_names)}
     items = [Item(path, split, None if c is None else index[c], files[path])
              for path, split, c in layout]
     return Source(spec, kind, class_names, items, ignored=ignored,
-                  empty_classes=empty_class_dirs(images, list_dirs))
+                  empty_classes=empty_class_dirs(images, depth, list_dirs))
 
 
 def _local_dirs(root: str, rel: str) -> list[str]:
