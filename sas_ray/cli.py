@@ -83,18 +83,20 @@ COMMANDS: dict[str, Command] = {
         reads="eval.*, run.seed"),
     "embed": Command(
         "sas_ray.stages.embed:cli_embed",
-        "embed every image with a proxy encoder (proxy.checkpoint)",
+        "embed every image with a proxy encoder (proxy.checkpoint or proxy.encoder)",
         [("--data", {"required": True, "help": "shard dataset"}),
          ("--out", {"required": True, "help": "embeddings directory or s3:// URI"})],
         checks=("all", "embed"),
-        reads="proxy.checkpoint (required: a sas-ray checkpoint file or run directory, or "
-              "torchvision ResNet weights), embed.*, run.*"),
+        reads="proxy.checkpoint (a sas-ray checkpoint file or run directory, or torchvision "
+              "ResNet weights) or proxy.encoder + proxy.weights (a pretrained encoder: "
+              "torchvision:NAME, timm:NAME, open_clip:ARCH; one of the two is required), "
+              "proxy.allow_download, embed.*, run.*"),
     "latent": Command(
         "sas_ray.stages.latent:cli_latent",
-        "approximate latent classes (labels, few labels + linear, k-means)",
+        "approximate latent classes (labels, few labels + linear, k-means, CLIP zero-shot)",
         [("--embeddings", {"required": True, "help": "embeddings artifact"}),
          ("--out", {"required": True, "help": "partition directory or s3:// URI"})],
-        reads="latent.*, run.seed"),
+        reads="latent.*, proxy.allow_download (clip-zeroshot's tokenizer), run.seed"),
     "select": Command(
         "sas_ray.stages.rank:cli_select",
         "rank examples with each of select.strategies (nested across fractions)",
