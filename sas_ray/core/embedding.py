@@ -11,9 +11,9 @@ of the expected cosine similarity ``E[cos(f(v_x), f(v_y))]`` that SAS uses as s_
 Mirzasoleiman 2023); re-normalising would scale it by ``1 / (||e(x)|| ||e(y)||) >= 1``.
 So ``||e(x)|| <= 1``, with equality only when all views of x embed to the same direction.
 
-The views of an example are drawn from a generator seeded by ``(seed, id)``
-(:func:`sas_ray.core.seeding.example_generators`), so an embedding depends neither on the
-batch the example lands in nor on how many processes share the work.
+The views of an example are counter-based draws from its key of ``(seed, id)``
+(:func:`sas_ray.core.seeding.example_keys`), so an embedding depends neither on the batch the
+example lands in nor on how many processes share the work.
 """
 
 from __future__ import annotations
@@ -24,21 +24,21 @@ import json
 import torch
 import torch.nn.functional as F
 
-from sas_ray.core.data.augment import SimCLRAugment
+from sas_ray.core.data.augment import Keys, SimCLRAugment
 from sas_ray.core.models.heads import Encoder
 
 
 @torch.inference_mode()
 def mean_view_embeddings(model: Encoder, images: torch.Tensor, augment: SimCLRAugment,
                          views: int, feature: str,
-                         generators: list[torch.Generator] | None = None) -> torch.Tensor:
+                         keys: Keys = None) -> torch.Tensor:
     """``e(x)`` (module docstring) of uint8 ``images (N, 3, H, W)`` -> float32 ``(N, d)``.
 
-    ``views=0`` embeds the un-augmented, resized and normalised images. ``generators`` (one per
-    image) make each image's views independent of the rest of the batch. ``model`` should be
+    ``views=0`` embeds the un-augmented, resized and normalised images. ``keys`` (int64 ``(N,)``,
+    one per image) make each image's views independent of the rest of the batch. ``model`` should be
     in eval mode (batch norm with running statistics, so an embedding ignores its batch).
     """
-    x = augment.views(images, views, generators)  # (max(m, 1), N, 3, s, s)
+    x = augment.views(images, views, keys)  # (max(m, 1), N, 3, s, s)
     m, n = x.shape[:2]
     z = model.embed(x.flatten(0, 1), feature).float()  # (m*N, d)
     return F.normalize(z, dim=1).view(m, n, -1).mean(0)

@@ -32,7 +32,7 @@ from sas_ray.core.data.augment import SimCLRAugment, to_nchw
 from sas_ray.core.data.images import decode_images
 from sas_ray.core.embedding import encoder_fingerprint, mean_view_embeddings
 from sas_ray.core.models.encoders import EncoderRef
-from sas_ray.core.seeding import example_generators
+from sas_ray.core.seeding import example_keys
 from sas_ray.errors import SasRayError
 from sas_ray.executors import get_executor
 from sas_ray.executors.base import Executor, Workers
@@ -54,7 +54,7 @@ class EmbedBatch:
     Built once per worker: loads the proxy (eval mode) onto ``device`` and uses ``threads``
     torch threads. Images are decoded to ``image_size``; the embedding of each is
     :func:`~sas_ray.core.embedding.mean_view_embeddings` of ``views`` views drawn from its
-    ``(seed, id)`` generator (``views=0``: the plain image), normalised with the encoder's own
+    ``(seed, id)`` keys (``views=0``: the plain image), normalised with the encoder's own
     mean/std; on a GPU under bf16 autocast when ``amp``.
     """
 
@@ -70,10 +70,10 @@ class EmbedBatch:
     def __call__(self, batch: pa.Table) -> pa.Table:
         ids = batch["id"].to_numpy()
         images = to_nchw(decode_images(batch["image"].to_pylist(), size=self.image_size))
-        gens = example_generators(ids, self.seed) if self.views > 0 else None
+        keys = example_keys(ids, self.seed).to(self.device) if self.views > 0 else None
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
             emb = mean_view_embeddings(self.model, images.to(self.device), self.augment,
-                                       self.views, self.feature, gens)
+                                       self.views, self.feature, keys)
         np_dtype, pa_dtype = DTYPES[self.dtype]
         flat = pa.array(emb.cpu().numpy().astype(np_dtype).ravel(), pa_dtype)
         return pa.table([batch["id"], batch["label"],

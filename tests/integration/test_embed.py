@@ -20,7 +20,7 @@ from sas_ray.core.data.images import decode_images
 from sas_ray.core.embedding import mean_view_embeddings
 from sas_ray.core.models.checkpoint import load_encoder, save_encoder
 from sas_ray.core.models.heads import build_model
-from sas_ray.core.seeding import example_generators
+from sas_ray.core.seeding import example_keys
 from sas_ray.errors import SasRayError
 from sas_ray.executors.base import Workers
 from sas_ray.executors.local import LocalExecutor
@@ -109,7 +109,7 @@ def test_views_are_seeded_by_run_seed_and_id(proxy: str) -> None:
 
     def emb(rows: slice, seed: int) -> torch.Tensor:
         return mean_view_embeddings(model, images[rows], augment, 2, "projection",
-                                    example_generators(ids[rows], seed))
+                                    example_keys(ids[rows], seed))
 
     full = emb(slice(None), 0)
     torch.testing.assert_close(emb(slice(2, 5), 0), full[2:5], atol=1e-5, rtol=0)

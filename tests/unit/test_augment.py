@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from sas_ray.core.data import augment
 from sas_ray.core.data.augment import IMAGENET_MEAN, IMAGENET_STD, SimCLRAugment, to_nchw
 
 
@@ -88,7 +89,7 @@ def test_blur_only_for_large_images_by_default() -> None:
     x = images(4, 64)
     base = dict(scale=(1.0, 1.0), ratio=(1, 1), flip_p=0, jitter_p=0, gray_p=0)
     plain = SimCLRAugment(size=64, blur=False, **base)(x)
-    blurred = SimCLRAugment(size=64, blur_p=1, **base)(x)  # blur=None: on at 64 px
+    blurred = SimCLRAugment(size=64, blur_p=1, blur_sigma=(1.5, 2), **base)(x)  # on at 64 px
     assert high_freq(blurred) < 0.7 * high_freq(plain)
     small = SimCLRAugment(size=32, blur_p=1, **base)
     torch.testing.assert_close(small(images(4, 32)), normalised(images(4, 32)), atol=1e-5, rtol=0)
@@ -101,17 +102,18 @@ def test_to_nchw() -> None:
         to_nchw(np.zeros((2, 5, 6), dtype=np.uint8))
 
 
-def test_per_image_generators_make_views_independent_of_the_batch() -> None:
+def test_per_image_keys_make_views_independent_of_the_batch_and_chunking(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     aug, x = SimCLRAugment(size=32, blur=True), images(3)
-
-    def gens(*seeds: int) -> list[torch.Generator]:
-        return [torch.Generator().manual_seed(s) for s in seeds]
-
-    batch = aug.views(x, 2, gens(10, 11, 12))
-    alone = aug.views(x[1:2], 2, gens(11))
+    keys = torch.tensor([10, 11, 12])
+    batch = aug.views(x, 2, keys)
+    alone = aug.views(x[1:2], 2, keys[1:2])
     torch.testing.assert_close(batch[:, 1:2], alone)
-    with pytest.raises(ValueError, match="2 generators for 3 images"):
-        aug(x, gens(1, 2))
+    monkeypatch.setattr(augment, "CPU_CHUNK_BYTES", 1)  # one image per pass
+    torch.testing.assert_close(aug.views(x, 2, keys), batch)
+    assert (aug.views(x, 2, keys + 1) - batch).abs().amax() > 0.1
+    with pytest.raises(ValueError, match=r"\(2,\) keys for 3 images"):
+        aug(x, keys[:2])
 
 
 def test_solarize_inverts_the_bright_pixels_only() -> None:
@@ -128,3 +130,130 @@ def test_solarize_inverts_the_bright_pixels_only() -> None:
     changed = (half - normalised(images(64))).abs().flatten(1).amax(1) > 1e-3
     assert 16 < changed.sum() < 48  # about half the images are solarized
 
+
+
+# ---------------------------------------------------------------- against torchvision
+def colour_images(n: int = 12) -> torch.Tensor:
+    """Float RGB in [0, 1] with the hard pixels of the hue formula: grey (no chroma), ties of
+    the largest channels, pure and saturated colours, black and white."""
+    x = torch.rand(n, 3, 10, 10, generator=torch.Generator().manual_seed(5))
+    hard = torch.tensor([[0.5, 0.5, 0.5], [0.8, 0.8, 0.2], [0.3, 0.9, 0.9], [0.7, 0.2, 0.7],
+                         [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0],
+                         [1.0, 1.0, 1.0], [0.2, 0.6, 0.4]])
+    x[:, :, 0, :len(hard)] = hard.T
+    return x
+
+
+@pytest.mark.parametrize("op", ["brightness", "contrast", "saturation", "hue"])
+def test_each_colour_op_matches_torchvision(op: str) -> None:
+    from torchvision.transforms.v2 import functional as TF
+
+    x = colour_images()
+    n = len(x)
+    gen = torch.Generator().manual_seed(1)
+    if op == "hue":
+        factor = torch.rand(n, generator=gen) - 0.5  # the full range [-0.5, 0.5)
+        got = augment.hue(x, factor)
+        want = torch.stack([TF.adjust_hue(im, float(f)) for im, f in zip(x, factor, strict=True)])
+    else:
+        factor = 2 * torch.rand(n, generator=gen)  # [0, 2): pushes values past 1 (the clamp)
+        kind = {"brightness": augment.BRIGHTNESS, "contrast": augment.CONTRAST,
+                "saturation": augment.SATURATION}[op]
+        got = augment.blend(x, factor, *augment.blend_weights(torch.full((n,), kind), factor))
+        reference = getattr(TF, f"adjust_{op}")
+        want = torch.stack([reference(im, float(f)) for im, f in zip(x, factor, strict=True)])
+    torch.testing.assert_close(got, want, atol=2e-6, rtol=0)
+    # a blend pass that applies nothing (NO_BLEND, factor 1) is exactly the identity
+    same = augment.blend(x, torch.ones(n), *augment.blend_weights(
+        torch.full((n,), augment.NO_BLEND), torch.ones(n)))
+    assert torch.equal(same, x)
+
+
+def raw(view: torch.Tensor) -> torch.Tensor:
+    """A normalised view back in [0, 1]."""
+    return view * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) \
+        + torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+
+
+def test_grayscale_and_solarize_match_torchvision() -> None:
+    from torchvision.transforms.v2 import functional as TF
+
+    x, keep = images(), dict(scale=(1, 1), ratio=(1, 1), flip_p=0, jitter_p=0, gray_p=0)
+    plain = x.float() / 255
+    gray = SimCLRAugment(size=32, **(keep | {"gray_p": 1}))(x, torch.arange(8))
+    torch.testing.assert_close(raw(gray), TF.rgb_to_grayscale(plain, 3), atol=2e-6, rtol=0)
+    solar = SimCLRAugment(size=32, solarize_p=1, **keep)(x, torch.arange(8))
+    torch.testing.assert_close(raw(solar), TF.solarize(plain, 0.5), atol=2e-6, rtol=0)
+
+
+def test_jitter_is_each_op_once_in_a_uniformly_random_order_as_torchvision() -> None:
+    """Every image gets brightness, contrast, saturation and hue once each, in one of the 24
+    orders (about equally often), and its view equals torchvision's ops in that order."""
+    from torchvision.transforms.v2 import functional as TF
+
+    aug = SimCLRAugment(size=8, scale=(1, 1), ratio=(1, 1), flip_p=0, jitter_p=1, gray_p=0)
+    n = 2400
+    p = aug.params(torch.arange(n), (8, 8))
+    orders = []
+    for kinds in p.kinds.tolist():
+        before = [k for k in kinds[:3] if k != augment.NO_BLEND]
+        after = [k for k in kinds[3:] if k != augment.NO_BLEND]
+        orders.append((*before, augment.HUE, *after))
+    assert all(sorted(o) == [0, 1, 2, 3] for o in orders) and p.hue_on.all()
+    counts = np.unique(np.array(orders), axis=0, return_counts=True)[1]
+    assert len(counts) == 24 and counts.min() > 60  # 100 expected of each
+
+    x = (colour_images(12)[..., :8, :8] * 255).round().to(torch.uint8)
+    keys = torch.arange(12) * 7
+    p = aug.params(keys, (8, 8))
+    ops = {augment.BRIGHTNESS: TF.adjust_brightness, augment.CONTRAST: TF.adjust_contrast,
+           augment.SATURATION: TF.adjust_saturation}
+    want = []
+    for i, im in enumerate(x.float() / 255):
+        for j, k in enumerate(p.kinds[i].tolist()):
+            if j == 3:
+                im = TF.adjust_hue(im, float(p.hue_shift[i]))
+            if k != augment.NO_BLEND:
+                im = ops[k](im, float(p.factors[i, j]))
+        want.append(im)
+    torch.testing.assert_close(raw(aug(x, keys)), torch.stack(want), atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------- no host sync
+SYNCING = {"aten::nonzero", "aten::_local_scalar_dense", "aten::item", "aten::is_nonzero",
+           "aten::masked_select", "aten::equal", "aten::lift_fresh"}
+
+
+def test_views_queue_without_host_syncs() -> None:
+    """No op that needs a value on the host (``nonzero``, ``item``, boolean-mask indexing,
+    a tensor made from Python data, hence copied to the device) in a step's views, once the
+    constants exist: on CUDA the views are queued without waiting for the GPU."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.name().split(".")[0]
+            bool_index = name == "aten::index" and any(
+                t is not None and t.dtype == torch.bool for t in args[1])
+            self.names.append("aten::masked_select" if bool_index else name)
+            return func(*args, **(kwargs or {}))
+
+    from sas_ray.config import Config
+    from sas_ray.core.methods import build_method
+
+    cfg = Config()
+    cfg.model.width = 0.125
+    for size, blur_p, solarize_p in ((32, 0.5, 0.0), (64, 1.0, 0.2)):
+        augs = [SimCLRAugment(size=size, blur_p=blur_p, solarize_p=solarize_p),
+                SimCLRAugment(size=size)]
+        x = images(6, size)
+        method = build_method(cfg)
+        method.views(x, augs, torch.arange(6))  # warm-up: the cached constants
+        with Ops() as ops:
+            method.views(x, augs, torch.arange(6))
+        assert not SYNCING & set(ops.names), sorted(SYNCING & set(ops.names))
+        assert len(ops.names) < 800  # aten ops of 2 views, views included (907 with gathers)

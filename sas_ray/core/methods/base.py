@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from sas_ray.core.data.augment import Generators, SimCLRAugment
+from sas_ray.core.data.augment import Keys, SimCLRAugment, image_keys, view_keys
 from sas_ray.core.models.heads import Encoder, Projector, simclr_projector
 
 
@@ -64,9 +64,11 @@ class Method(nn.Module):
         return [SimCLRAugment(size=size, **p) for p in self.view_params]
 
     def views(self, images: torch.Tensor, augments: list[SimCLRAugment],
-              generator: Generators = None) -> list[torch.Tensor]:
-        """The views of uint8 ``images (n, 3, H, W)``: one float ``(n, 3, s, s)`` per augment."""
-        return [aug(images, generator) for aug in augments]
+              keys: Keys = None) -> list[torch.Tensor]:
+        """The views of uint8 ``images (n, 3, H, W)``: one float ``(n, 3, s, s)`` per augment,
+        view ``v`` drawn from ``view_keys(keys, v)`` (per-image keys, :func:`image_keys`)."""
+        keys = image_keys(keys, images.shape[0], images.device)
+        return [aug(images, view_keys(keys, v)) for v, aug in enumerate(augments)]
 
     def forward(self, *views: torch.Tensor) -> torch.Tensor:
         """The loss (a scalar) of one batch of views, each ``(n, 3, s, s)``."""

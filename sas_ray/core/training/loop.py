@@ -3,11 +3,15 @@ the benchmarks.
 
 :func:`fit` runs epochs ``epochs`` (a range, so a resumed run starts mid-way). Epoch ``e``:
 
-1. seed a CPU generator with :func:`~sas_ray.core.seeding.epoch_generator_seed` ``(seed, e,
-   rank)`` (the augmentations);
-2. for every uint8 batch ``(n, 3, H, W)`` of ``batches(e)``: ``loss = step(model, batch,
-   generator)`` (one optimisation step, returns the detached loss), then the per-step
-   schedule, then every callback's ``on_batch`` (e.g. a momentum-encoder update);
+1. every callback's ``on_epoch_start``;
+2. for every uint8 batch ``(n, 3, H, W)`` of ``batches(e)`` (step ``s``): ``loss =
+   step(model, batch, keys)`` (one optimisation step, returns the detached loss) with the
+   images' augmentation keys :func:`~sas_ray.core.seeding.step_keys` ``(seed, e, s, rank *
+   n, n)`` made on the device (worker ``rank``'s slice of the global batch), then the
+   per-step schedule, then every callback's ``on_batch`` (e.g. a momentum-encoder update).
+   Nothing in the loop reads a value back from the device until the epoch ends (the loss
+   is summed on the device), so on CUDA the host runs ahead, queueing steps while it waits
+   for the next batch;
 3. metrics: ``loss`` (mean over steps), ``images`` and ``images_per_s`` (summed over
    processes under DDP), ``seconds`` (wall time, including waiting for data), ``steps``,
    ``lr`` (at the end of the epoch), ``epoch`` (epochs done), ``start_epoch`` (where this call
@@ -15,11 +19,13 @@ the benchmarks.
 4. append them to ``state.history`` and call every callback's ``on_epoch_end`` in order
    (which may add metrics, e.g. a kNN accuracy, before later ones log or checkpoint them).
 
-A step is ``step(model, images, generator) -> loss``; :func:`method_step` makes the one of an
-SSL method (:mod:`sas_ray.core.methods`, SimCLR by default): the method's views -> its loss
-``model(*views)`` -> backward -> optimiser; :class:`AfterStep` is its per-step hook (momentum
-updates). On CUDA with ``amp`` the forward runs under autocast (bfloat16 where the GPU
-supports it, else float16 with a gradient scaler). Under an initialised process group (DDP,
+A step is ``step(model, images, keys) -> loss``; :func:`method_step` makes the one of an
+SSL method (:mod:`sas_ray.core.methods`, SimCLR by default): the images to the device
+(``non_blocking``: asynchronous from pinned memory), the method's views (drawn on the device,
+channels-last on CUDA) -> its loss ``model(*views)`` -> backward -> optimiser;
+:class:`AfterStep` is its per-step hook (momentum updates). On CUDA with ``amp`` the forward
+runs under autocast (bfloat16 where the GPU supports it, else float16 with a gradient
+scaler). Under an initialised process group (DDP,
 the method wrapped) the losses gather the other processes' projections where they need
 negatives, so N processes train like one with the global batch.
 """
@@ -37,9 +43,9 @@ import torch.distributed as dist
 from torch import nn
 
 from sas_ray.core.data.augment import SimCLRAugment
-from sas_ray.core.seeding import epoch_generator_seed
+from sas_ray.core.seeding import step_keys
 
-Step = Callable[[nn.Module, torch.Tensor, torch.Generator], torch.Tensor]
+Step = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 Batches = Callable[[int], Iterable[torch.Tensor]]  # epoch -> uint8 (n, 3, H, W) batches
 
 
@@ -73,11 +79,12 @@ def method_step(augments: Sequence[SimCLRAugment], optimizer: torch.optim.Optimi
     ``loss = model(*views)``, backward and the optimiser. The method's per-step hook is
     :class:`AfterStep`."""
 
-    def step(model: nn.Module, images: torch.Tensor, generator: torch.Generator
-             ) -> torch.Tensor:
+    memory = torch.channels_last if precision.device.type == "cuda" else torch.contiguous_format
+
+    def step(model: nn.Module, images: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         method = getattr(model, "module", model)
-        views = method.views(images.to(precision.device, non_blocking=True), augments,
-                             generator)
+        views = [v.contiguous(memory_format=memory) for v in method.views(
+            images.to(precision.device, non_blocking=True), augments, keys)]
         with precision.autocast():
             loss = model(*views)
         optimizer.zero_grad(set_to_none=True)
@@ -127,14 +134,15 @@ class TrainState:
 
 
 def _epoch(model: nn.Module, batches: Iterable[torch.Tensor], step: Step,
-           scheduler: torch.optim.lr_scheduler.LRScheduler | None, generator: torch.Generator,
+           scheduler: torch.optim.lr_scheduler.LRScheduler | None, seed: int, rank: int,
            device: torch.device, epoch: int, callbacks: Sequence[Callback]) -> dict[str, float]:
     model.train()
     start = time.perf_counter()
     loss_sum = torch.zeros((), device=device)
     steps = images = 0
     for batch in batches:
-        loss = step(model, batch, generator)
+        n = batch.shape[0]
+        loss = step(model, batch, step_keys(seed, epoch, steps, rank * n, n, device))
         loss_sum += loss.float()
         if scheduler is not None:
             scheduler.step()
@@ -161,12 +169,10 @@ def fit(model: nn.Module, batches: Batches, step: Step, optimizer: torch.optim.O
     """Train ``model`` for ``epochs`` (module docstring); returns ``state`` with the new
     epochs' metrics appended."""
     state = state if state is not None else TrainState()
-    generator = torch.Generator()
     for epoch in epochs:
-        generator.manual_seed(epoch_generator_seed(seed, epoch, rank))
         for cb in callbacks:
             cb.on_epoch_start(epoch)
-        metrics: dict[str, Any] = _epoch(model, batches(epoch), step, scheduler, generator,
+        metrics: dict[str, Any] = _epoch(model, batches(epoch), step, scheduler, seed, rank,
                                          device, epoch, callbacks)
         state.train_seconds += metrics["seconds"]
         metrics.update(lr=optimizer.param_groups[0]["lr"], epoch=epoch + 1,
