@@ -101,8 +101,9 @@ def applies(strategy: str, nested: bool) -> bool:
 def class_state(cfg: Config, strategy: str, nested: bool, ranking: Ranking, emb: Embeddings
                 ) -> tuple[dict[str, bytes], dict[str, Any]]:
     """(class files, ``{"classes": ...}`` meta) of a ranking computed from scratch; nothing
-    for strategies without per-class state."""
-    if not applies(strategy, nested):
+    for strategies without per-class state or a rank-limited ranking (past its limit the
+    scores are not greedy gains; with ``select.incremental`` set the rank stage ranks whole)."""
+    if not applies(strategy, nested) or ranking.limit < 1.0:
         return {}, {}
     settings = class_settings(cfg, strategy)
     fps = {job.label: class_fingerprint(settings, job.label, emb.ids[job.rows], emb.x[job.rows])

@@ -75,7 +75,7 @@ def rank(cfg: Config, embeddings_uri: str, partition_uri: str, strategy: str, ou
         if done is not None:
             return done
     limit = 1.0
-    if nested and strategy in RANK_LIMITED:
+    if nested and strategy in RANK_LIMITED and not cfg.select.incremental:  # kept whole
         limit = check_fraction(cfg.select.rank_limit if rank_limit is None else rank_limit)
     emb = read_embeddings(embeddings_uri)
     latent, part_fp = read_partition(partition_uri, emb.ids)

@@ -251,14 +251,17 @@ def test_new_rows_missing_from_the_partition_go_to_the_nearest_class(grown: dict
 
 def test_incremental_previous_mode_reuses_and_is_deterministic(grown: dict[str, str]) -> None:
     out = f"{grown['root']}/auto"
+    limited = rank(local_cfg(), grown["emb_old"], grown["part_old"], "sas", out, rank_limit=0.5)
+    assert "classes" not in limited["meta"]  # past its limit the scores are not gains
+    # the pipeline's call (rank_limit = its largest fraction): ranked whole, with class state
     first = rank(local_cfg(incremental="previous"), grown["emb_old"], grown["part_old"], "sas",
-                 out)
-    assert "incremental" not in first["meta"]  # nothing at out yet: a full ranking
+                 out, rank_limit=0.5)
+    assert "incremental" not in first["meta"] and first["meta"]["rank_limit"] == 1.0
     grown_once = rank(local_cfg(incremental="previous"), grown["emb_new"], grown["part_new"],
-                      "sas", out)
+                      "sas", out, rank_limit=0.5)
     assert grown_once["meta"]["incremental"]["classes"]["reuse"] == 3
     again = rank(local_cfg(incremental="previous"), grown["emb_new"], grown["part_new"], "sas",
-                 out)
+                 out, rank_limit=0.5)
     assert again == grown_once  # up to date: not recomputed
     other = f"{grown['root']}/extend-again"
     rank(local_cfg(incremental=grown["prev"]), grown["emb_new"], grown["part_new"], "sas", other)
