@@ -2,7 +2,7 @@
 directory; local executor, no Ray, no download): the proxy stage loads it instead of training
 (the stage log says so, nothing is written under proxy/ or proxy-run/), latent classes come
 zero-shot from its text tower, a rerun reuses everything, and new weights in the same file
-re-embed (the cache key is the weights' sha256)."""
+re-embed (the cache key is the weights' sha256). Weights on S3 (moto) load like local ones."""
 
 from __future__ import annotations
 
@@ -13,10 +13,13 @@ from pathlib import Path
 
 import open_clip
 import pytest
+import timm
 import torch
 from safetensors.torch import save_file
 
 from sas_ray import config
+from sas_ray.core.models.encoders import EncoderRef
+from sas_ray.errors import SasRayError
 from sas_ray.io import storage
 from sas_ray.pipeline import run_pipeline
 
@@ -78,3 +81,27 @@ def test_pretrained_proxy_skips_training_and_caches_on_the_weights_hash(
     assert stages["proxy"]["fingerprint"] == new_sha != sha
     assert stages["embeddings"]["status"] == "ran"
     assert stages["embeddings"]["fingerprint"] != emb["fingerprint"]
+
+
+def test_weights_on_s3_load_like_local_ones(s3_bucket: str, tmp_path: Path) -> None:
+    clip = tmp_path / "clip"
+    _save_clip(clip, seed=0)
+    for f in clip.iterdir():
+        storage.write_bytes_atomic(f"{s3_bucket}/models/clip/{f.name}", f.read_bytes())
+    vit = timm.create_model("test_vit", pretrained=False)
+    save_file(vit.state_dict(), str(tmp_path / "vit.safetensors"))
+    storage.write_bytes_atomic(f"{s3_bucket}/models/vit/model.safetensors",
+                               (tmp_path / "vit.safetensors").read_bytes())
+    x = torch.rand(2, 3, 32, 32)
+    for name, local, remote in [
+            ("open_clip:tiny", str(clip), f"{s3_bucket}/models/clip"),
+            ("timm:test_vit", str(tmp_path / "vit.safetensors"), f"{s3_bucket}/models/vit/"),
+            ("timm:test_vit", str(tmp_path / "vit.safetensors"),
+             f"{s3_bucket}/models/vit/model.safetensors")]:
+        a = EncoderRef(name, local).load(storage.FILES)
+        b = EncoderRef(name, remote).load(storage.FILES)
+        assert a.spec == b.spec  # same preprocessing and weights sha256
+        with torch.inference_mode():
+            torch.testing.assert_close(a(x), b(x))
+    with pytest.raises(SasRayError, match="do not exist"):
+        EncoderRef("timm:test_vit", f"{s3_bucket}/models/none.safetensors").load(storage.FILES)
