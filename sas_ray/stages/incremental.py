@@ -1,7 +1,7 @@
 """Per-class state of SAS rankings, and incremental ranking of a grown pool.
 
 A SAS ranking artifact holds, besides ``ranking.parquet``, one Arrow IPC file per latent
-class, ``classes/<class>.arrow`` (columns ``id`` int64, ``score`` float64: the class's rows
+class, ``state/<class>.arrow`` (columns ``id`` int64, ``score`` float64: the class's rows
 best first and their greedy gains; readable by ``pyarrow.ipc`` or ``pandas.read_feather``),
 and its meta has ``classes``: ``{class: {"fingerprint", "file", "rows", "how"}}`` with the
 fingerprint of :func:`~sas_ray.core.selection.incremental.class_fingerprint` and ``how`` one
@@ -59,7 +59,7 @@ from sas_ray.stages.latent import class_sizes
 log = logging.getLogger(__name__)
 
 INCREMENTAL = frozenset({"sas"})  # strategies whose rankings keep per-class state
-CLASS_DIR = "classes"
+CLASS_DIR = "state"  # sorts after ranking.parquet: artifact_files(uri)[0] stays the table
 PREVIOUS = "previous"  # select.incremental: the ranking at the output itself
 
 
