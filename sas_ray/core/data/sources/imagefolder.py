@@ -11,6 +11,7 @@ checks that it sees the members of the first, in the same order.
 
 from __future__ import annotations
 
+import bisect
 import bz2
 import functools
 import gzip
@@ -34,6 +35,7 @@ from sas_ray.core.data.sources import (
 from sas_ray.errors import SasRayError
 
 CHUNK = 1 << 20  # bytes read from a stream at a time
+_SPLITS = {name: name for name in SPLIT_NAMES}  # one string object per split name, shared
 ListDirs = Callable[[str], list[str]]  # relative dir ("" = root) -> names of its subdirectories
 
 
@@ -41,12 +43,17 @@ def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _wrapper_depth(parts: list[list[str]]) -> int:
+def _wrapper_depth(paths: list[str]) -> int:
     """Leading path parts shared by every path and skipped (a wrapper such as ``cifar10/``):
-    one more while every path is at least 3 parts deeper and the part is not a split name."""
+    one more while every path is at least 3 parts deeper and the part is not a split name.
+    (The parts shared by every path are those shared by the smallest and largest path.)"""
+    if not paths:
+        return 0
+    low, high = min(paths).split("/"), max(paths).split("/")
+    min_parts = 1 + min(p.count("/") for p in paths)
     depth = 0
-    while (parts and all(len(p) >= depth + 3 for p in parts)
-           and len({p[depth] for p in parts}) == 1 and parts[0][depth] not in SPLIT_NAMES):
+    while (min_parts >= depth + 3 and low[depth] == high[depth]
+           and low[depth] not in SPLIT_NAMES):
         depth += 1
     return depth
 
@@ -62,18 +69,18 @@ def folder_layout(paths: list[str]) -> list[tuple[str, str, str | None]]:
 
 def _layout(paths: list[str]) -> tuple[list[tuple[str, str, str | None]], int]:
     """:func:`folder_layout` and the wrapper's depth."""
-    parts = [p.split("/") for p in paths]
-    depth = _wrapper_depth(parts)
-    parts = [p[depth:] for p in parts]
-    split_layout = any(len(p) >= 2 and p[0] in SPLIT_NAMES for p in parts)
+    depth = _wrapper_depth(paths)
+    split_layout = any(len(p) >= 2 and p[0] in SPLIT_NAMES
+                       for p in (path.split("/", depth + 1)[depth:] for path in paths))
     out = []
-    for path, p in zip(paths, parts, strict=True):
+    for path in paths:  # one path's parts at a time: listing millions of paths stays small
+        p = path.split("/")[depth:]
         if split_layout:
             if len(p) < 2 or p[0] not in SPLIT_NAMES:
                 raise SasRayError(f"'{path}' is outside the split folders (train/, test/, ...) "
                                   "that the rest of the source uses; move it into a split "
                                   "folder or remove it")
-            split, rest = p[0], p[1:]
+            split, rest = _SPLITS[p[0]], p[1:]
         else:
             split, rest = "train", p
         out.append((path, split, rest[0] if len(rest) >= 2 else None))
@@ -295,15 +302,20 @@ def _path_key(path: str) -> bytes:
     return path.encode("utf-8", "surrogateescape") + b"\0"
 
 
-def _stream_members(uri: str, files: Files, ids: dict[str, int], repeats: dict[str, int],
+def _stream_members(uri: str, files: Files, names: list[str], repeats: dict[str, int],
                     digest: str) -> Iterator[tuple[int, bytes]]:
-    """``(id, bytes)`` of the archive's images in archive order (the second pass)."""
+    """``(id, bytes)`` of the archive's images in archive order (the second pass); an
+    image's id is its position in the sorted ``names``."""
     left = dict(repeats)  # path -> copies still to come; only the last copy counts
     seen = hashlib.sha1()  # of the regular members' paths, as in the first pass
 
+    def image_id(path: str) -> int | None:
+        i = bisect.bisect_left(names, path)
+        return i if i < len(names) and names[i] == path else None
+
     def wanted(path: str) -> bool:  # called once per regular member, in order
         seen.update(_path_key(path))
-        return path in ids
+        return image_id(path) is not None
 
     for entry in _read_tar(uri, files, wanted):
         if entry.is_dir:
@@ -313,7 +325,7 @@ def _stream_members(uri: str, files: Files, ids: dict[str, int], repeats: dict[s
             if left[entry.path]:
                 continue
         if entry.data is not None:
-            yield ids[entry.path], entry.data
+            yield image_id(entry.path), entry.data  # type: ignore[misc]
     if seen.hexdigest() != digest:
         raise SasRayError(f"archive {uri} changed while it was being read; rerun the ingest")
 
@@ -326,7 +338,8 @@ def imagefolder_tar(uri: str, files: Files = LOCAL_FILES) -> Source:
     elif not os.path.isfile(uri):
         raise SasRayError(f"source archive {uri} does not exist; pass an existing "
                           f".tar/.tar.gz path or one of: {SOURCE_FORMS}")
-    paths: list[str] = []  # regular members in archive order, repeats included
+    members: dict[str, None] = {}  # regular members, first-seen order
+    repeats: Counter[str] = Counter()  # path -> copies, for paths that occur more than once
     children: dict[str, list[str]] = {}
     digest = hashlib.sha1()
     for entry in _read_tar(uri, files, lambda path: False):
@@ -334,13 +347,12 @@ def imagefolder_tar(uri: str, files: Files = LOCAL_FILES) -> Source:
             parent, _, name = entry.path.rpartition("/")
             children.setdefault(parent, []).append(name)
         else:
-            paths.append(entry.path)
+            if entry.path in members:
+                repeats[entry.path] += 1
+            members[entry.path] = None
             digest.update(_path_key(entry.path))
-    members = dict.fromkeys(paths)
-    repeats = {} if len(members) == len(paths) else \
-        {p: n for p, n in Counter(paths).items() if n > 1}
     src = _imagefolder(uri, "encoded", members, lambda rel: children.get(rel, []))
-    ids = {it.name: i for i, it in enumerate(src.items)}
-    src.reader = functools.partial(_stream_members, uri, files, ids, repeats,
-                                   digest.hexdigest())
+    del members
+    src.reader = functools.partial(_stream_members, uri, files, [it.name for it in src.items],
+                                   {p: n + 1 for p, n in repeats.items()}, digest.hexdigest())
     return src
