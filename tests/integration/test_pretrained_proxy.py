@@ -51,7 +51,7 @@ def test_pretrained_proxy_skips_training_and_caches_on_the_weights_hash(
                  "select.strategies": "random", "sweep.fractions": "0.5",
                  "sweep.include_full": False, "proxy.encoder": "open_clip:tiny",
                  "proxy.weights": str(clip), "latent.method": "clip-zeroshot",
-                 "latent.min_class_size": 1, "embed.views": 0}
+                 "latent.min_class_size": 1}
     caplog.set_level(logging.INFO, logger="sas_ray.pipeline")
 
     layout = run_pipeline(config.load(overrides=overrides))
