@@ -178,6 +178,11 @@ class TrainConfig:
     cpus_per_worker: float = setting(1.0, result=False, gt=0)
     use_gpu: Literal["auto", "true", "false"] = "auto"
     amp: bool = True  # mixed precision when on GPU
+    # training input: batches decoded ahead of the step (pinned memory on CUDA); 0: in its thread
+    prefetch: int = setting(2, result=False, ge=0)
+    # decoding threads per worker; 0: auto (its cores on a GPU, 1 beside a CPU step)
+    decode_threads: int = setting(0, result=False, ge=0)
+    compile: bool = setting(False, result=False)  # torch.compile the encoder
     checkpoint_every: int = setting(1, result=False, ge=1)  # epochs
     max_failures: int = setting(2, result=False, ge=0)  # Ray Train FailureConfig
     # online kNN accuracy every N epochs (0: off), on a val split of train
@@ -226,7 +231,9 @@ class EmbedConfig:
     views: int = setting(2, ge=0)  # augmented views per image; 0 = the un-augmented image
     dtype: Literal["float32", "float16"] = "float32"
     batch_size: int = setting(256, result=False, ge=1)  # embeddings are seeded per (seed, id)
-    num_actors: int = setting(2, result=False, ge=1)  # on a GPU cluster: at most one per GPU
+    num_actors: int = setting(2, result=False, ge=1)  # Ray: the pool's size (on GPUs: its least)
+    # Ray with GPUs: the GPU share of an actor; the pool grows to GPUs / share while batches wait
+    gpus_per_actor: float = setting(0.25, result=False, gt=0, le=1)
     feature: Literal["projection", "backbone"] = "projection"
     image_size: int | None = setting(None, ge=1)  # None: the proxy's own input size
     # bf16 autocast on GPUs (rounding, like the device: not in the fingerprint)

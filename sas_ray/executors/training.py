@@ -4,10 +4,11 @@ process's training around the core loop, its checkpoints and the run's outputs.
 Driver side (:func:`prepare_run`): check the settings, check the subset ids against the train
 split, refuse a run directory that holds another run (``out/run.json``).
 
-Process side (:func:`train_process`, one call per worker): the optimiser and schedule, resume
-from a checkpoint, the step of the method (``train.method``, :mod:`sas_ray.core.methods`)
-and its per-step hook, the per-epoch batches (a global shuffle per epoch,
-:mod:`sas_ray.core.training.order`, over :class:`TrainRows`), and the callbacks: online kNN,
+Process side (:func:`prepare_module` then :func:`train_process`, one call per worker): the
+optimiser and schedule, resume from a checkpoint, the step of the method (``train.method``,
+:mod:`sas_ray.core.methods`) and its per-step hook, the per-epoch batches (a global shuffle
+per epoch, :mod:`sas_ray.core.training.order`, over :class:`TrainRows`, decoded ahead of the
+step by threads: :mod:`sas_ray.core.training.prefetch`), and the callbacks: online kNN,
 the ids audit (``train.record_ids``), the log line and the checkpoint, handed to the executor's
 ``commit`` every epoch (with the files on rank 0 every ``train.checkpoint_every`` epochs and
 at the end, else without).
@@ -30,12 +31,12 @@ import torch
 from torch import nn
 
 from sas_ray.config import Config, TrainConfig, result_settings
-from sas_ray.core.data.augment import to_nchw
 from sas_ray.core.data.images import decode_images
 from sas_ray.core.models.checkpoint import ENCODER_FILE, encoder_payload
 from sas_ray.core.models.optim import build_optimizer
 from sas_ray.core.training.loop import AfterStep, Callback, Precision, TrainState, fit, method_step
 from sas_ray.core.training.order import epoch_batches, per_worker_batch, steps_per_epoch
+from sas_ray.core.training.prefetch import decoded_batches
 from sas_ray.errors import SasRayError
 from sas_ray.io import storage
 
@@ -133,12 +134,13 @@ class TrainRows:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def batches(self, positions: Sequence[np.ndarray], image_size: int) -> Iterator[torch.Tensor]:
+    def batches(self, positions: Sequence[np.ndarray], image_size: int, *, prefetch: int = 2,
+                threads: int = 1, pin: bool = False) -> Iterator[torch.Tensor]:
         """Decoded uint8 ``(n, 3, size, size)`` batches of the rows at each array of
-        ``positions`` (into the id order)."""
-        for pos in positions:
-            encoded = self._images.take(pa.array(self._take[pos])).to_pylist()
-            yield to_nchw(decode_images(encoded, size=image_size))
+        ``positions`` (into the id order), decoded ahead by threads
+        (:func:`~sas_ray.core.training.prefetch.decoded_batches`)."""
+        encoded = (self._images.take(pa.array(self._take[pos])).to_pylist() for pos in positions)
+        return decoded_batches(encoded, image_size, prefetch=prefetch, threads=threads, pin=pin)
 
 
 def read_rows(data: str, ids: np.ndarray | None) -> pa.Table:
@@ -258,13 +260,33 @@ class Checkpointer(Callback):
 
 
 # ---------------------------------------------------------------- one process
+def prepare_module(model: nn.Module, t: TrainConfig, device: torch.device) -> nn.Module:
+    """The method ready for ``device`` (before moving or DDP-wrapping it): on CUDA,
+    channels-last weights (what the channels-last views feed) and cuDNN's autotuner (fixed
+    shapes: the last partial batch is dropped); the encoder compiled in place
+    (``torch.compile``, same state-dict keys) when ``train.compile``."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        model = model.to(memory_format=torch.channels_last)
+    if t.compile:
+        model.encoder.compile()
+    return model
+
+
+def decode_threads(t: TrainConfig, device: torch.device, cores: int) -> int:
+    """``train.decode_threads``, or auto: a GPU worker's ``cores``; beside a CPU step, 1."""
+    return t.decode_threads or (max(1, cores) if device.type == "cuda" else 1)
+
+
 def train_process(cfg: Config, data: str, out: str, rows: TrainRows, model: nn.Module,
                   device: torch.device, commit: Commit, *, rank: int = 0, world: int = 1,
-                  resume: dict[str, Any] | None = None,
+                  cores: int = 1, resume: dict[str, Any] | None = None,
                   callbacks: Sequence[Callback] = ()) -> TrainState:
-    """Train ``model`` (the method of ``train.method`` on ``device``, DDP-wrapped when
-    ``world > 1``) as worker ``rank`` of ``world`` on ``rows`` from ``resume`` (a
-    :func:`read_checkpoint`) or from scratch."""
+    """Train ``model`` (the method of ``train.method`` on ``device``, prepared by
+    :func:`prepare_module`, DDP-wrapped when ``world > 1``) as worker ``rank`` of ``world``
+    with ``cores`` CPU cores on ``rows`` from ``resume`` (a :func:`read_checkpoint`) or from
+    scratch. Batches are decoded ``train.prefetch`` ahead by :func:`decode_threads` threads,
+    into pinned memory on CUDA."""
     t = cfg.train
     method = getattr(model, "module", model)
     steps = steps_per_epoch(len(rows), t.batch_size, world)
@@ -294,6 +316,12 @@ def train_process(cfg: Config, data: str, out: str, rows: TrainRows, model: nn.M
         commit, lambda: checkpoint_files(model, cfg, optimizer, scheduler, precision, state),
         rank, t.checkpoint_every, t.epochs))
     step = method_step(method.augments(cfg.data.image_size), optimizer, precision)
-    return fit(model, lambda epoch: rows.batches(plan(epoch), cfg.data.image_size), step,
-               optimizer, scheduler, range(state.epochs_done, t.epochs), seed=cfg.run.seed,
-               device=device, rank=rank, state=state, callbacks=[*own, *callbacks])
+    threads = decode_threads(t, device, cores)
+
+    def batches(epoch: int) -> Iterator[torch.Tensor]:
+        return rows.batches(plan(epoch), cfg.data.image_size, prefetch=t.prefetch,
+                            threads=threads, pin=device.type == "cuda")
+
+    return fit(model, batches, step, optimizer, scheduler, range(state.epochs_done, t.epochs),
+               seed=cfg.run.seed, device=device, rank=rank, state=state,
+               callbacks=[*own, *callbacks])

@@ -3,8 +3,8 @@
 The same run as the Ray executor's with one worker (same ids, order, seeds and checkpoint
 files, so the two give the same weights to float tolerance): the subset's rows are read once
 per fit (:func:`~sas_ray.executors.training.read_rows`), every epoch is a global shuffle of
-them, and the model trains on ``train.use_gpu`` (auto: CUDA when available) with torch's
-threads.
+them, decoded ahead of the step by threads (``train.prefetch``, ``train.decode_threads``),
+and the model trains on ``train.use_gpu`` (auto: CUDA when available) with torch's threads.
 
 Checkpoints: every ``train.checkpoint_every`` epochs and at the end, a directory
 ``out/<name>/checkpoint_epoch-NNNNNN/`` with ``encoder.pt`` and ``train_state.pt`` (written
@@ -28,10 +28,12 @@ from sas_ray.core.models.checkpoint import ENCODER_FILE
 from sas_ray.core.seeding import seed_model
 from sas_ray.core.training.loop import Callback
 from sas_ray.errors import SasRayError
+from sas_ray.executors.local.batches import available_cores
 from sas_ray.executors.training import (
     STATE_FILE,
     CheckpointFiles,
     TrainRows,
+    prepare_module,
     prepare_run,
     read_checkpoint,
     read_rows,
@@ -79,13 +81,13 @@ def fit(cfg: Config, data: str, out: str, train_ids: np.ndarray | None = None,
     ids = prepare_run(cfg, data, out, train_ids, workers=1)
     device = device_for(cfg.train.use_gpu)
     seed_model(cfg.run.seed)
-    model = build_method(cfg).to(device)
+    model = prepare_module(build_method(cfg), cfg.train, device).to(device)
     rows = TrainRows(read_rows(data, None if train_ids is None else ids))
     run_dir = storage.join(out, name)
     done = checkpoints(run_dir)
     resume = read_checkpoint(done[-1], device) if done else None
-    train_process(cfg, data, out, rows, model, device, _committer(run_dir), resume=resume,
-                  callbacks=callbacks)
+    train_process(cfg, data, out, rows, model, device, _committer(run_dir),
+                  cores=available_cores(), resume=resume, callbacks=callbacks)
     final = checkpoints(run_dir)[-1]
     return write_outputs(out, storage.read_bytes(storage.join(final, ENCODER_FILE)),
                          time.perf_counter() - start)

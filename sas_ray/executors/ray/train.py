@@ -6,7 +6,12 @@ loop of :mod:`sas_ray.core.training.loop`) on ``train.num_workers`` workers.
   local executor's reader), into Ray's object store, once per fit (spilled to disk by Ray if
   they exceed its memory). Every worker maps that table (zero-copy on its node) and reads its
   rows by position: each epoch is a global shuffle seeded by ``(run.seed, epoch)`` and worker
-  ``r`` takes the ``r``-th slice of every global batch (:mod:`sas_ray.core.training.order`).
+  ``r`` takes the ``r``-th slice of every global batch (:mod:`sas_ray.core.training.order`),
+  decoded in the worker by threads ``train.prefetch`` batches ahead of its step (pinned on
+  GPUs; :mod:`sas_ray.core.training.prefetch`). Why not Ray Data ``map_batches`` decode
+  tasks: they need CPUs of their own and a copy through the object store per batch, while
+  the worker's threads use the CPUs it already holds and write straight into the step's
+  buffer.
   Why not Ray Data's shuffles: a ``random_shuffle`` per epoch moves every row between tasks
   every epoch, and ``local_shuffle_buffer_size`` over class-sorted rows left 76% of a
   CIFAR-10 batch in one class; a permutation of positions costs nothing, and with one worker
@@ -76,7 +81,12 @@ def train_loop(loop: dict[str, Any]) -> None:
 
     from sas_ray.core.methods import build_method
     from sas_ray.core.seeding import seed_model
-    from sas_ray.executors.training import TrainRows, read_checkpoint, train_process
+    from sas_ray.executors.training import (
+        TrainRows,
+        prepare_module,
+        read_checkpoint,
+        train_process,
+    )
 
     cfg = from_dict(loop["cfg"])
     for name in ("ray.train", ""):  # no INFO line per report from Ray Train's loggers
@@ -85,7 +95,7 @@ def train_loop(loop: dict[str, Any]) -> None:
     torch.set_num_threads(loop["threads"])
     seed_model(cfg.run.seed)
     device = ray.train.torch.get_device()
-    model = ray.train.torch.prepare_model(build_method(cfg))
+    model = ray.train.torch.prepare_model(prepare_module(build_method(cfg), cfg.train, device))
     rows = TrainRows(ray.get(loop["rows"]))
     resume = None
     checkpoint = ray.train.get_checkpoint()
@@ -93,8 +103,8 @@ def train_loop(loop: dict[str, Any]) -> None:
         with checkpoint.as_directory() as d:
             resume = read_checkpoint(d, device)
     train_process(cfg, loop["data"], loop["out"], rows, model, device, _report,
-                  rank=ctx.get_world_rank(), world=ctx.get_world_size(), resume=resume,
-                  callbacks=loop["callbacks"])
+                  rank=ctx.get_world_rank(), world=ctx.get_world_size(), cores=loop["threads"],
+                  resume=resume, callbacks=loop["callbacks"])
 
 
 def build_trainer(cfg: Config, data: str, out: str, train_ids: np.ndarray | None = None,

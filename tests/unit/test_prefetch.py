@@ -1,0 +1,64 @@
+"""The training input: batches decoded by threads ahead of the step, the same pixels."""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sas_ray.core.data.augment import to_nchw
+from sas_ray.core.data.images import CorruptImageError, decode_images
+from sas_ray.core.training import prefetch
+
+
+def jpegs(n: int, seed: int = 0) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(buf, "JPEG")
+        out.append(buf.getvalue())
+    return out
+
+
+@pytest.mark.parametrize(("ahead", "threads"), [(0, 1), (1, 1), (2, 3)])
+def test_batches_equal_decode_images_in_order(ahead: int, threads: int) -> None:
+    batches = [jpegs(7, seed=s) for s in range(5)]
+    got = list(prefetch.decoded_batches(batches, 32, prefetch=ahead, threads=threads))
+    assert len(got) == 5
+    for b, encoded in zip(got, batches, strict=True):
+        assert b.shape == (7, 3, 32, 32) and b.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(b, to_nchw(decode_images(encoded, size=32)))
+
+
+def test_next_batches_decode_in_threads_while_the_step_runs(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    all_three = threading.Event()
+    names: list[str] = []
+    real = prefetch._decode_into
+
+    def record(out: np.ndarray, images: list[bytes], start: int, stop: int, size: int) -> None:
+        real(out, images, start, stop, size)
+        names.append(threading.current_thread().name)
+        if len(names) == 3:
+            all_three.set()
+
+    monkeypatch.setattr(prefetch, "_decode_into", record)
+    it = prefetch.decoded_batches([jpegs(2, seed=s) for s in range(3)], 16, prefetch=2,
+                                  threads=1)
+    next(it)  # the step holds batch 0: batches 1 and 2 decode meanwhile, unasked
+    assert all_three.wait(10)
+    assert all(n.startswith("decode") for n in names)
+    assert len(list(it)) == 2
+
+
+def test_a_decoding_error_reaches_the_step() -> None:
+    batches = [jpegs(2), [b"not an image"], jpegs(2)]
+    it = prefetch.decoded_batches(batches, 16, prefetch=2, threads=2)
+    next(it)
+    with pytest.raises((CorruptImageError, OSError)):
+        next(it)
