@@ -6,7 +6,8 @@ The recipe (Chen et al. 2020, as used by the SAS reference code), applied to eac
     -> ColorJitter(0.4, 0.4, 0.4, 0.1) in a random order (p=0.8) -> grayscale (p=0.2)
     -> Gaussian blur, kernel ~10% of the side, sigma in [0.1, 2] (p=0.5; only if ``blur``)
     -> solarize: x -> 1 - x where x >= 0.5, x in [0, 1] (p=``solarize_p``, 0 by default)
-    -> float, normalise with ``mean``/``std`` (ImageNet's by default)
+    -> float, normalise with ``mean``/``std`` (ImageNet's by default; the embed stage passes
+       the encoder's own, :mod:`sas_ray.core.models.encoders`)
 
 Every probability and range is a field, so a method can give each of its views its own
 parameters (BYOL's asymmetric views: blur p=1 / 0.1, solarize p=0 / 0.2). Each colour op is
