@@ -42,9 +42,10 @@ TrialFn = Callable[[dict[str, Any]], dict[str, Any]]
 class Workers:
     """How many copies of a batch class run at once, and what each gets."""
 
-    count: int = 1  # Ray: actors (at most one per GPU on a GPU cluster); local: one, in-process
+    count: int = 1  # Ray: actors (on GPUs: the least, the pool may grow); local: one, in-process
     cpus: float | None = None  # Ray: CPUs per actor; None: the cluster's CPUs but one, shared
     threads: int | None = None  # torch threads each; None: floor(cpus) (local: every core)
+    gpus: float = 1.0  # Ray on GPUs: the share of a GPU each actor takes (the pool may grow)
 
 
 def last_line(text: str) -> str:

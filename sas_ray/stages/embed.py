@@ -160,7 +160,8 @@ def embed(cfg: Config, data_uri: str, proxy: str | EncoderRef, out: str,
                               "dtype": ecfg.dtype, "seed": seed, "image_size": image_size,
                               "amp": ecfg.amp},
                 data_uri, "train", COLUMNS, ecfg.batch_size, w.dir,
-                Workers(count=ecfg.num_actors, cpus=ecfg.cpus_per_actor, threads=ecfg.threads))
+                Workers(count=ecfg.num_actors, cpus=ecfg.cpus_per_actor, threads=ecfg.threads,
+                        gpus=ecfg.gpus_per_actor))
             _verify_ids([f for f in storage.list_files(w.dir) if f.endswith(".parquet")],
                         expected)
             w.meta.update(settings, dim=dim, num_rows=int(expected.size), proxy=ref.weights,

@@ -199,13 +199,17 @@ def test_bad_inputs_fail_clearly_and_leave_no_output(synthetic_shards: str, prox
 
 def test_actor_resources_fit_the_cluster() -> None:
     two_cpus = actor_resources(Workers(count=2), 2, 2, 0)
-    assert two_cpus == {"num_actors": 2, "num_cpus": 0.5, "num_gpus": 0, "threads": 1}
+    assert two_cpus == {"num_actors": 2, "max_actors": 2, "num_cpus": 0.5, "num_gpus": 0,
+                        "threads": 1}
     one = actor_resources(Workers(count=1), 2, 2, 0)
     assert one["num_actors"] == 1 and one["num_cpus"] == 1
     big = actor_resources(Workers(count=2), 32, 8, 0)  # four 8-CPU nodes
     assert big["num_cpus"] == 8 and big["threads"] == 8
     gpus = actor_resources(Workers(count=4), 16, 16, 2)
-    assert gpus["num_actors"] == 2 and gpus["num_gpus"] == 1
+    assert gpus["num_actors"] == gpus["max_actors"] == 2 and gpus["num_gpus"] == 1
+    shared = actor_resources(Workers(count=2, gpus=0.25), 17, 17, 2)  # 4 actors per GPU
+    assert shared["num_actors"] == 2 and shared["max_actors"] == 8
+    assert shared["num_gpus"] == 0.25 and shared["num_cpus"] == 2
     fixed = actor_resources(Workers(count=2, cpus=0.25, threads=3), 2, 2, 0)
     assert fixed["num_cpus"] == 0.25 and fixed["threads"] == 3
     with pytest.raises(SasRayError, match="at least 2"):

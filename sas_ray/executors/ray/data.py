@@ -59,28 +59,34 @@ def read_dataset(uri: str, split: str | None = None, ids: Iterable[int] | None =
 
 def actor_resources(workers: Workers, cluster_cpus: float, node_cpus: float,
                     cluster_gpus: float) -> dict[str, Any]:
-    """Pool size, Ray resources and torch threads per actor.
+    """Pool size (``num_actors`` at first, growing to ``max_actors``), Ray resources and torch
+    threads per actor.
 
     One CPU is left to the batch reader and the Parquet writer; the rest is split between
-    the actors (at most one node's CPUs each, so every actor can be placed). On a cluster with
-    GPUs every actor takes one GPU and the pool shrinks to the GPU count; on one without,
-    asking for a GPU would leave the actors pending forever, so none is requested.
+    the most actors the pool may have (at most one node's CPUs each, so every actor can be
+    placed). On a cluster with GPUs every actor takes ``workers.gpus`` of one (a fraction:
+    several actors share a GPU, one decoding and augmenting while another runs the model),
+    and the pool starts at ``workers.count`` actors (at most what the GPUs hold) and grows to
+    ``cluster_gpus / workers.gpus`` while batches wait for an actor (Ray Data's autoscaling
+    actor pool); on a cluster without GPUs the pool is ``workers.count`` actors, none asking
+    for a GPU (it would leave them pending forever).
     """
-    num_actors = max(1, workers.count)
-    num_gpus = 0
+    num_actors = max_actors = max(1, workers.count)
+    num_gpus = 0.0
     if cluster_gpus >= 1:
-        num_gpus = 1
-        num_actors = min(num_actors, int(cluster_gpus))
+        num_gpus = workers.gpus
+        max_actors = max(1, math.floor(cluster_gpus / num_gpus + 1e-9))
+        num_actors = min(num_actors, max_actors)
     cpus = workers.cpus
     if cpus is None:
-        cpus = min((cluster_cpus - 1) / num_actors, node_cpus)
+        cpus = min((cluster_cpus - 1) / max_actors, node_cpus)
         if cpus <= 0:
             raise SasRayError(f"the Ray cluster has {cluster_cpus:g} CPU(s); an actor pool "
                               "needs at least 2 (one reads shards): set --run.num_cpus 2 or "
                               "more")
     threads = workers.threads or max(1, math.floor(cpus))
-    return {"num_actors": num_actors, "num_cpus": cpus, "num_gpus": num_gpus,
-            "threads": threads}
+    return {"num_actors": num_actors, "max_actors": max_actors, "num_cpus": cpus,
+            "num_gpus": num_gpus, "threads": threads}
 
 
 def node_cpus() -> float:
@@ -114,7 +120,8 @@ def map_batches(run: RunConfig, fn: BatchClass, fn_kwargs: dict[str, Any], data:
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
         ds = ds.map_batches(
             fn, batch_format="pyarrow", batch_size=None,  # one planned batch per call
-            compute=ray.data.ActorPoolStrategy(size=res["num_actors"]),
+            compute=ray.data.ActorPoolStrategy(min_size=res["num_actors"],
+                                               max_size=res["max_actors"]),
             num_cpus=res["num_cpus"], num_gpus=res["num_gpus"],
             max_restarts=MAX_ACTOR_RESTARTS, max_task_retries=MAX_ACTOR_RESTARTS,
             fn_constructor_kwargs={**fn_kwargs, "threads": res["threads"], "device": device})
