@@ -4,7 +4,8 @@ process's training around the core loop, its checkpoints and the run's outputs.
 Driver side (:func:`prepare_run`): check the settings, check the subset ids against the train
 split, refuse a run directory that holds another run (``out/run.json``).
 
-Process side (:func:`prepare_module` then :func:`train_process`, one call per worker): the
+Process side (:func:`~sas_ray.core.training.loop.prepare_module` then :func:`train_process`,
+one call per worker): the
 optimiser and schedule, resume from a checkpoint, the step of the method (``train.method``,
 :mod:`sas_ray.core.methods`) and its per-step hook, the per-epoch batches (a global shuffle
 per epoch, :mod:`sas_ray.core.training.order`, over :class:`TrainRows`, decoded ahead of the
@@ -34,7 +35,14 @@ from sas_ray.config import Config, TrainConfig, result_settings
 from sas_ray.core.data.images import decode_images
 from sas_ray.core.models.checkpoint import ENCODER_FILE, encoder_payload
 from sas_ray.core.models.optim import build_optimizer
-from sas_ray.core.training.loop import AfterStep, Callback, Precision, TrainState, fit, method_step
+from sas_ray.core.training.loop import (
+    AfterStep,
+    Callback,
+    Precision,
+    TrainState,
+    fit,
+    method_step,
+)
 from sas_ray.core.training.order import epoch_batches, per_worker_batch, steps_per_epoch
 from sas_ray.core.training.prefetch import decoded_batches
 from sas_ray.errors import SasRayError
@@ -260,19 +268,6 @@ class Checkpointer(Callback):
 
 
 # ---------------------------------------------------------------- one process
-def prepare_module(model: nn.Module, t: TrainConfig, device: torch.device) -> nn.Module:
-    """The method ready for ``device`` (before moving or DDP-wrapping it): on CUDA,
-    channels-last weights (what the channels-last views feed) and cuDNN's autotuner (fixed
-    shapes: the last partial batch is dropped); the encoder compiled in place
-    (``torch.compile``, same state-dict keys) when ``train.compile``."""
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        model = model.to(memory_format=torch.channels_last)
-    if t.compile:
-        model.encoder.compile()
-    return model
-
-
 def decode_threads(t: TrainConfig, device: torch.device, cores: int) -> int:
     """``train.decode_threads``, or auto: a GPU worker's ``cores``; beside a CPU step, 1."""
     return t.decode_threads or (max(1, cores) if device.type == "cuda" else 1)
@@ -283,10 +278,10 @@ def train_process(cfg: Config, data: str, out: str, rows: TrainRows, model: nn.M
                   cores: int = 1, resume: dict[str, Any] | None = None,
                   callbacks: Sequence[Callback] = ()) -> TrainState:
     """Train ``model`` (the method of ``train.method`` on ``device``, prepared by
-    :func:`prepare_module`, DDP-wrapped when ``world > 1``) as worker ``rank`` of ``world``
-    with ``cores`` CPU cores on ``rows`` from ``resume`` (a :func:`read_checkpoint`) or from
-    scratch. Batches are decoded ``train.prefetch`` ahead by :func:`decode_threads` threads,
-    into pinned memory on CUDA."""
+    :func:`~sas_ray.core.training.loop.prepare_module`, DDP-wrapped when ``world > 1``) as
+    worker ``rank`` of ``world`` with ``cores`` CPU cores on ``rows`` from ``resume`` (a
+    :func:`read_checkpoint`) or from scratch. Batches are decoded ``train.prefetch`` ahead by
+    :func:`decode_threads` threads, into pinned memory on CUDA."""
     t = cfg.train
     method = getattr(model, "module", model)
     steps = steps_per_epoch(len(rows), t.batch_size, world)

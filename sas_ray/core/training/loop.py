@@ -96,6 +96,19 @@ def method_step(augments: Sequence[SimCLRAugment], optimizer: torch.optim.Optimi
     return step
 
 
+def prepare_module(model: nn.Module, device: torch.device, compile: bool = False) -> nn.Module:
+    """A method ready for ``device`` (call before moving or DDP-wrapping it): on CUDA,
+    channels-last weights (what the channels-last views feed) and cuDNN's autotuner (fixed
+    shapes: the last partial batch is dropped); with ``compile``, its encoder compiled in
+    place (``torch.compile``; the state-dict keys stay)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        model = model.to(memory_format=torch.channels_last)
+    if compile:
+        model.encoder.compile()
+    return model
+
+
 class Callback:
     """Hooks of :func:`fit`; override the ones needed (all default to doing nothing)."""
 

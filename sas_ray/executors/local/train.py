@@ -26,14 +26,13 @@ from sas_ray.config import Config
 from sas_ray.core.methods import build_method
 from sas_ray.core.models.checkpoint import ENCODER_FILE
 from sas_ray.core.seeding import seed_model
-from sas_ray.core.training.loop import Callback
+from sas_ray.core.training.loop import Callback, prepare_module
 from sas_ray.errors import SasRayError
 from sas_ray.executors.local.batches import available_cores
 from sas_ray.executors.training import (
     STATE_FILE,
     CheckpointFiles,
     TrainRows,
-    prepare_module,
     prepare_run,
     read_checkpoint,
     read_rows,
@@ -81,7 +80,7 @@ def fit(cfg: Config, data: str, out: str, train_ids: np.ndarray | None = None,
     ids = prepare_run(cfg, data, out, train_ids, workers=1)
     device = device_for(cfg.train.use_gpu)
     seed_model(cfg.run.seed)
-    model = prepare_module(build_method(cfg), cfg.train, device).to(device)
+    model = prepare_module(build_method(cfg), device, cfg.train.compile).to(device)
     rows = TrainRows(read_rows(data, None if train_ids is None else ids))
     run_dir = storage.join(out, name)
     done = checkpoints(run_dir)

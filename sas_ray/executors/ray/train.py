@@ -81,12 +81,8 @@ def train_loop(loop: dict[str, Any]) -> None:
 
     from sas_ray.core.methods import build_method
     from sas_ray.core.seeding import seed_model
-    from sas_ray.executors.training import (
-        TrainRows,
-        prepare_module,
-        read_checkpoint,
-        train_process,
-    )
+    from sas_ray.core.training.loop import prepare_module
+    from sas_ray.executors.training import TrainRows, read_checkpoint, train_process
 
     cfg = from_dict(loop["cfg"])
     for name in ("ray.train", ""):  # no INFO line per report from Ray Train's loggers
@@ -95,7 +91,8 @@ def train_loop(loop: dict[str, Any]) -> None:
     torch.set_num_threads(loop["threads"])
     seed_model(cfg.run.seed)
     device = ray.train.torch.get_device()
-    model = ray.train.torch.prepare_model(prepare_module(build_method(cfg), cfg.train, device))
+    model = ray.train.torch.prepare_model(prepare_module(build_method(cfg), device,
+                                                         cfg.train.compile))
     rows = TrainRows(ray.get(loop["rows"]))
     resume = None
     checkpoint = ray.train.get_checkpoint()
