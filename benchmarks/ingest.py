@@ -62,17 +62,20 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 ARCHIVE = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 PEAK_SCRIPT = """
-import json, resource, sys
+import json, sys
 import psutil
 from sas_ray.config import Config
 from sas_ray.executors.local import LocalExecutor
 from sas_ray.stages.ingest import ingest
 
+def high_water_mib():  # VmHWM: unlike ru_maxrss, not inherited from the parent over fork/exec
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+
 cfg = Config()
-before = psutil.Process().memory_info().rss
+before = psutil.Process().memory_info().rss / 2**20
 ingest(sys.argv[1], sys.argv[2], cfg, executor=LocalExecutor(cfg))
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"interpreter_mib": before / 2**20, "peak_mib": after / 1024}))
+print(json.dumps({"interpreter_mib": before, "peak_mib": high_water_mib()}))
 """
 
 
