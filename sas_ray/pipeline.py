@@ -16,7 +16,8 @@ Layout under ``run.storage`` (local or ``s3://``)::
     runs/<trial>/         training run and stored result (result/) of every sweep trial
     sweep/                the sweep artifact: every trial, its status and result
     tune/                 the Ray Tune experiment (ray executor only)
-    report/               table.md, table.csv, tests.csv, savings.csv, accuracy_vs_fraction.png
+    report/               index.html (open it in a browser), its plots and galleries,
+                          table.md, table.csv, tests.csv, savings.csv
     pipeline.json         per stage: fingerprint, status, seconds, where its output is
 
 A stage reruns only when its fingerprint changed: the stage functions check
@@ -38,13 +39,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from sas_ray.analysis.records import METRICS, read_sweep
-from sas_ray.analysis.report import PLOT_FILE, analyze, render, report_files
+from sas_ray.analysis.report import PAGE_FILE, analyze, render, report_files
 from sas_ray.config import Config
 from sas_ray.core.models.encoders import EncoderRef
 from sas_ray.errors import SasRayError
 from sas_ray.executors import get_executor
 from sas_ray.executors.base import Executor
 from sas_ray.io import storage
+from sas_ray.io.artifacts import encoder_file
 from sas_ray.stages import proxy as proxy_mod
 from sas_ray.stages.sweep import (
     LATENT_FREE,
@@ -135,6 +137,7 @@ def _artifact_stage(state: State, stage: str, uri: str, run: Callable[[], dict[s
     """Run a stage that checks its own freshness; it was cached if its manifest is unchanged."""
     before = storage.read_manifest(uri)
     start = time.perf_counter()
+    log.info("stage %s ...", stage, extra={"transient": True})  # a status line on a terminal
     manifest = run()
     state.record(stage, fingerprint=manifest["fingerprint"], uri=uri, cached=manifest == before,
                  seconds=time.perf_counter() - start)
@@ -202,7 +205,7 @@ def proxy_stage(cfg: Config, layout: Layout, state: State, executor: Executor, s
         return ref, None
     manifest = _artifact_stage(state, "proxy", layout.proxy, lambda: proxy_mod.train_proxy(
         cfg, executor, shards_uri, shards, layout.proxy, layout.proxy_runs))
-    return proxy_mod.encoder_file(layout.proxy), manifest
+    return encoder_file(layout.proxy), manifest
 
 
 # ---------------------------------------------------------------------------- selection
@@ -405,7 +408,7 @@ def status_lines(root: str) -> list[str]:
                   for r in records if not r.finished and r.status != "failed"]
     if storage.read_manifest(layout.report) is not None:
         files = report_files(layout.report)
-        lines.append(f"report: {files['table.md']}, {files[PLOT_FILE]}")
+        lines.append(f"report: {files[PAGE_FILE]}")
     return lines
 
 

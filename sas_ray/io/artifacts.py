@@ -209,3 +209,29 @@ def subset_ids(ranking_uri: str, fraction: float | None = None,
     if data is not None:
         ranking.check_shards(storage.require_manifest(data, "shards")["fingerprint"], data)
     return ranking.subset(fraction)
+
+
+def encoder_file(uri: str) -> str:
+    """The encoder checkpoint that ``uri`` names, so every output that holds one is accepted
+    where an encoder is expected: a checkpoint file itself; a training run directory (its
+    ``encoder.pt``); a ``proxy`` artifact (its committed ``encoder.pt``); a sweep trial's run
+    directory or its ``result`` artifact (the training that trial evaluated)."""
+    from sas_ray.core.models.checkpoint import ENCODER_FILE
+
+    if not storage.exists(uri):
+        raise SasRayError(f"{uri} does not exist; pass a checkpoint file, a training run "
+                          "directory, a proxy artifact or a sweep trial directory")
+    if storage.is_file(uri) or storage.exists(storage.join(uri, ENCODER_FILE)):
+        return uri
+    manifest = storage.read_manifest(uri) or storage.read_manifest(storage.join(uri, "result"))
+    stage = manifest and manifest.get("stage")
+    if stage == "proxy":
+        (path,) = [f for f in storage.artifact_files(uri, manifest)
+                   if f.endswith("/" + ENCODER_FILE)]
+        return path
+    if stage == "trial" and manifest["meta"].get("run"):
+        return encoder_file(manifest["meta"]["run"])
+    found = f"a '{stage}' artifact" if stage else "no encoder.pt and no sas-ray manifest"
+    raise SasRayError(f"{uri} holds {found}; pass a checkpoint file, a training run directory, "
+                      "a proxy artifact or a sweep trial directory")
+

@@ -101,6 +101,12 @@ def exists(uri: str) -> bool:
         return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
+def is_file(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    with s3_errors(uri):
+        return fs.get_file_info(path).type == pafs.FileType.File
+
+
 def read_bytes(uri: str) -> bytes:
     fs, path = filesystem(uri)
     with s3_errors(uri), fs.open_input_stream(path) as f:

@@ -41,6 +41,7 @@ from sas_ray.io.fs import (  # noqa: F401  (re-exported: the I/O layer's face)
     exists,
     explain_s3_error,
     filesystem,
+    is_file,
     is_s3,
     join,
     list_files,

@@ -18,6 +18,7 @@ from sas_ray.core.evaluation import evaluate_encoder
 from sas_ray.core.models.checkpoint import load_encoder
 from sas_ray.errors import SasRayError
 from sas_ray.io import storage
+from sas_ray.io.artifacts import encoder_file
 from sas_ray.io.shards import read_table
 
 
@@ -38,7 +39,7 @@ def load_split(data: str, split: str, size: int) -> tuple[np.ndarray, np.ndarray
 
 def evaluate_checkpoint(checkpoint: str, data: str, cfg: Config) -> dict[str, Any]:
     """Load an encoder, read the labelled train/test splits of ``data`` and evaluate."""
-    model = load_encoder(checkpoint, files=storage.FILES)
+    model = load_encoder(encoder_file(checkpoint), files=storage.FILES)
     size = model.spec["image_size"]
     train_images, train_labels = load_split(data, "train", size)
     test_images, test_labels = load_split(data, "test", size)

@@ -29,6 +29,7 @@ from sas_ray.core.models.encoders import TRAIN, EncoderRef, parse
 from sas_ray.errors import SasRayError
 from sas_ray.executors.base import Executor
 from sas_ray.io import storage
+from sas_ray.io.artifacts import encoder_file
 from sas_ray.stages.sweep import Aliases, completed_fit, train_fingerprint, train_settings
 
 STAGE = "proxy"
@@ -42,7 +43,7 @@ def encoder_ref(cfg: Config) -> EncoderRef | None:
         raise SasRayError("proxy.checkpoint and proxy.encoder both name a proxy; pass "
                           "--proxy.encoder sas-ray --proxy.weights PATH, or only one of them")
     if p.checkpoint:
-        return EncoderRef("sas-ray", p.checkpoint)
+        return EncoderRef("sas-ray", encoder_file(p.checkpoint))
     if p.encoder == TRAIN:
         return None
     parse(p.encoder)
@@ -87,12 +88,6 @@ def train_proxy(cfg: Config, executor: Executor, shards_uri: str, shards: dict[s
                       alias={"train_fingerprint": train_fingerprint(pcfg, inputs), "seed": seed,
                              "run": run_dir})
     return storage.require_manifest(out, STAGE)
-
-
-def encoder_file(uri: str) -> str:
-    """The encoder file of the proxy artifact at ``uri``."""
-    (path,) = [f for f in storage.artifact_files(uri) if f.endswith("/" + ENCODER_FILE)]
-    return path
 
 
 def aliases(manifest: dict[str, Any] | None) -> Aliases:

@@ -56,3 +56,29 @@ def test_a_ranking_of_other_shards_with_the_same_ids_is_refused(tmp_path: Path,
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and fp_b in err[0], err
     assert not (tmp_path / "run").exists()
+
+
+def test_every_output_holding_an_encoder_is_accepted_as_one(tmp_path: Path) -> None:
+    """A proxy artifact, a training run, a sweep trial (and its result artifact) name their
+    encoder; other artifacts are one clear error."""
+    from sas_ray.io.artifacts import encoder_file
+
+    cfg = _cfg(0)
+    model = build_model("resnet10", width=0.125, proj_dim=8)
+    run = tmp_path / "proxy-run"
+    save_encoder(str(run / "encoder.pt"), model, cfg)
+    proxy = str(tmp_path / "proxy")
+    with storage.write_artifact(proxy, "proxy") as w:
+        save_encoder(storage.join(w.dir, "encoder.pt"), model, cfg)
+    trial = str(tmp_path / "runs" / "full")
+    with storage.write_artifact(storage.join(trial, "result"), "trial") as w:
+        w.meta["run"] = str(run)
+    assert encoder_file(proxy).startswith(proxy + "/v-")
+    assert encoder_file(str(run)) == str(run)
+    assert encoder_file(trial) == encoder_file(storage.join(trial, "result")) == str(run)
+    with storage.write_artifact(str(tmp_path / "emb"), "embeddings"):
+        pass
+    with pytest.raises(SasRayError, match="holds a 'embeddings' artifact"):
+        encoder_file(str(tmp_path / "emb"))
+    with pytest.raises(SasRayError, match="does not exist"):
+        encoder_file(str(tmp_path / "absent"))
