@@ -257,3 +257,19 @@ def test_views_queue_without_host_syncs() -> None:
             method.views(x, augs, torch.arange(6))
         assert not SYNCING & set(ops.names), sorted(SYNCING & set(ops.names))
         assert len(ops.names) < 800  # aten ops of 2 views, views included (907 with gathers)
+
+
+# ---------------------------------------------------------------- counter-based draws
+def test_counter_draws_are_uniform_and_the_same_for_ints_and_tensors() -> None:
+    from sas_ray.core import rng
+
+    values = [0, 1, 2**31, 2**32 - 1, 123456789]
+    assert rng.mix(torch.tensor(values)).tolist() == [rng.mix(v) for v in values]
+    big = [2**40 + 5, 2**63 - 1]
+    assert rng.combine(torch.tensor([7, 7]), torch.tensor(big)).tolist() == \
+        [rng.combine(7, v) for v in big]
+    u = rng.uniform(rng.combine(rng.mix(3), torch.arange(50_000)), 36)
+    assert u.shape == (50_000, 36) and u.min() >= 0 and u.max() < 1
+    assert abs(u.mean() - 0.5) < 0.005 and abs(u.std() - 12 ** -0.5) < 0.005
+    assert (torch.corrcoef(u.T) - torch.eye(36)).abs().max() < 0.03  # columns independent
+    assert torch.equal(u, rng.uniform(rng.combine(rng.mix(3), torch.arange(50_000)), 36))
