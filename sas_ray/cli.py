@@ -7,7 +7,8 @@ the code they drive and are imported lazily, so ``sas-ray info`` does not pay fo
 torch or Ray.
 
 Errors: every exception that reaches :func:`main` is printed as one line (exit 2; Ctrl-C:
-130); ``-v`` adds the traceback.
+130; SIGTERM, raised as an interrupt so that the same clean-up runs: 143); ``-v`` adds the
+traceback.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sas_ray import config as config_mod
+from sas_ray import interrupts
 from sas_ray.errors import describe
-from sas_ray.validate import validate
+from sas_ray.validate import outlives_job, validate
 
 Arg = tuple[str, dict]
 
@@ -208,19 +210,25 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     command = COMMANDS[args.command]
     output = getattr(args, "out", None)  # where the command writes, for a full-disk error
+    restore_handlers = interrupts.install()
     try:
         cfg = config_mod.load(args.config, config_mod.parse_overrides(rest))
         output = output or cfg.run.storage
         validate(cfg, command.checks)
+        if command.checks and getattr(args, "out", None):
+            outlives_job("output", args.out)
         resolve(command.handler)(cfg, args)
-    except KeyboardInterrupt:
-        print(f"sas-ray {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # Ray, if started, is stopped at exit (executors.ray)
+        how = "terminated" if isinstance(err, interrupts.Terminated) else "interrupted"
+        print(f"sas-ray {args.command}: {how}", file=sys.stderr)
+        return interrupts.exit_code(err)
     except Exception as err:  # every error is one line; -v adds the traceback
         if args.verbose:
             traceback.print_exc()
         print(f"sas-ray {args.command}: error: {describe(err, output)}", file=sys.stderr)
         return 2
+    finally:
+        restore_handlers()
     return 0
 
 

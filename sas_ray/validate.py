@@ -12,7 +12,9 @@ and the fix. A check belongs to a *scope*, the commands it concerns:
   ``proxy.checkpoint``, ``proxy.weights``) exist when local; ``s3://`` ones are left to the
   stage that reads them; ``proxy.encoder`` is ``train`` or a registry name;
 - ``embed``: ``proxy.checkpoint`` or a pretrained ``proxy.encoder`` is given and exists;
-- ``select``: there is a strategy to rank.
+- ``select``: there is a strategy to rank;
+- ``sweep`` too: inside a Ray job (``ray job submit``), ``run.storage`` is absolute or a URI
+  (:func:`outlives_job`; the CLI checks a command's ``OUT`` the same way).
 """
 
 from __future__ import annotations
@@ -54,6 +56,24 @@ def _one_of(key: str, value: str, allowed: Collection[str]) -> ConfigError:
 
 def _local_path_missing(uri: str) -> bool:
     return "://" not in uri and not os.path.exists(uri)
+
+
+def in_ray_job() -> bool:
+    """Whether this process is the driver of a submitted Ray job: Ray's job supervisor sets
+    ``RAY_JOB_CONFIG_JSON_ENV_VAR`` in the entrypoint's environment (not in its workers')."""
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+
+
+def outlives_job(what: str, path: str) -> None:
+    """In a Ray job, refuse a relative output ``path``: the job's working directory is Ray's
+    per-job copy of the uploaded ``working_dir``, which Ray deletes, and a multi-node cluster
+    shares no local disk anyway."""
+    if in_ray_job() and "://" not in path and not os.path.isabs(path):
+        raise ConfigError(f"{what} '{path}' is relative: in a Ray job it resolves inside "
+                          f"Ray's copy of the working directory ({os.getcwd()}), which Ray "
+                          "may delete after the job and does when the head restarts; pass an "
+                          "absolute path on storage every node shares or an s3:// URI (e.g. "
+                          "s3://BUCKET/sas-ray)")
 
 
 # ---------------------------------------------------------------------------- all
@@ -106,6 +126,11 @@ def something_to_sweep(cfg: Config) -> None:
                           "--select.strategies sas,random")
     if cfg.select.strategies and not cfg.sweep.fractions:
         raise ConfigError("sweep.fractions is empty; pass e.g. --sweep.fractions 0.2,0.5")
+
+
+@check("sweep")
+def storage_outlives_job(cfg: Config) -> None:
+    outlives_job("run.storage", cfg.run.storage)
 
 
 # ---------------------------------------------------------------------------- inputs

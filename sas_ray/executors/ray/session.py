@@ -5,15 +5,28 @@ submit``) when set, else starts a local instance. The local dashboard stays on: 
 the state API that Ray Train's placement-group cleaner polls, and without it (Ray 2.60) that
 cleaner takes a live training run for dead and removes its workers mid-run.
 
+A local instance is this driver's child processes (GCS, raylet, dashboard, log monitor) and
+theirs (the dashboard and runtime-env agents, the dashboard's module processes, workers).
+:func:`stop_ray` ends all of them; it runs at interpreter exit, and at once when ``ray.init``
+fails or is interrupted (Ctrl-C; SIGTERM, which the CLI raises as an interrupt).
+``ray.shutdown`` alone does not: after an interrupted ``ray.init`` the agents keep running,
+holding their ports, and a Ray process that dies orphans its children.
+
 ``cluster_gpus`` lets stages decide ``num_gpus`` from real resources: a GPU actor on a
 CPU-only cluster would wait forever.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import os
+import sys
+from collections.abc import Iterable
 from typing import Any
+
+import psutil
 
 from sas_ray.config import RunConfig
 
@@ -23,6 +36,7 @@ log = logging.getLogger(__name__)
 # from the driver's environment; jobs/runtime_env.yaml sets it on a cluster.
 RAY_INTERNAL_WARNINGS = ("ignore:`ExecutionOptions.exclude_resources` is deprecated"
                          ":DeprecationWarning")
+_STARTED: list[psutil.Process] = []  # the processes ray.init started in this process
 
 
 def ensure_ray(run: RunConfig | None = None) -> Any:
@@ -48,10 +62,59 @@ def ensure_ray(run: RunConfig | None = None) -> Any:
         kwargs["address"] = address
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    context = ray.init(**kwargs)
+    before = {p.pid for p in psutil.Process().children()}
+    try:
+        context = ray.init(**kwargs)
+    except BaseException:  # Ctrl-C, SIGTERM or an error while the head starts
+        _record_started(before)
+        stop_ray()
+        raise
+    _record_started(before)
     log.info("ray: %s%s", ray.cluster_resources(),
              f", dashboard http://{context.dashboard_url}" if context.dashboard_url else "")
     return ray
+
+
+def _record_started(before: set[int]) -> None:
+    """Remember this process's children not in ``before``; :func:`stop_ray` runs at exit,
+    before Ray's own shutdown hook (atexit runs the last registered first)."""
+    _STARTED.extend(p for p in psutil.Process().children() if p.pid not in before)
+    atexit.unregister(stop_ray)
+    atexit.register(stop_ray)
+
+
+def _tree(roots: Iterable[psutil.Process]) -> list[psutil.Process]:
+    """The live processes among ``roots`` and all their descendants."""
+    found: dict[int, psutil.Process] = {}
+    for root in roots:
+        with contextlib.suppress(psutil.Error):
+            if root.is_running():
+                found[root.pid] = root
+                found.update((p.pid, p) for p in root.children(recursive=True))
+    return list(found.values())
+
+
+def _end(procs: list[psutil.Process], grace_s: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL what is still running after ``grace_s``."""
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+
+
+def stop_ray() -> None:
+    """Disconnect from Ray and end every process :func:`ensure_ray` started, with all their
+    descendants: listed before ``ray.shutdown`` (which orphans some) and again after it (for
+    any started meanwhile)."""
+    procs = _tree(_STARTED)
+    _STARTED.clear()
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+    _end(_tree(procs))
 
 
 def cluster_gpus() -> float:
