@@ -10,8 +10,8 @@ Columns (:data:`SCHEMA`)::
 Rows are in id order within a shard (a shard of a tar holds the ids of consecutive
 archive members, which are consecutive ids when the archive is in path order). Image bytes
 are never re-encoded (Parquet's zstd on top is lossless, see :func:`write_shard`). Each
-file's footer records its rows per split and label (:data:`COUNTS_KEY`). The manifest's ``meta`` (written by
-:func:`sas_ray.stages.ingest.ingest`)::
+file's footer records its rows per split and label (:data:`COUNTS_KEY`). The manifest's
+``meta`` (written by :func:`sas_ray.stages.ingest.ingest`)::
 
     source           the source string given to ingest
     class_names      label i is class_names[i]

@@ -43,7 +43,7 @@ def test_check_image_catches_damage(fmt: str) -> None:
     if fmt == "PNG":
         flipped = bytearray(data)
         flipped[len(data) // 2] ^= 0x10
-        with pytest.raises(images.CorruptImageError, match="checksum|broken"):
+        with pytest.raises(images.CorruptImageError, match=r"checksum|broken"):
             images.check_image(bytes(flipped))
 
 
@@ -91,7 +91,7 @@ def _bands(height: int, width: int, axis: int) -> np.ndarray:
     for band, channel in enumerate((2, 1, 0)):
         index = [slice(None), slice(None)]
         index[axis] = slice(band * n, (band + 1) * n)
-        pixels[tuple(index) + (channel,)] = 255
+        pixels[(*index, channel)] = 255
     return pixels
 
 

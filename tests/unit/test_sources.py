@@ -441,19 +441,22 @@ def test_ingest_loop_dir_with_corrupt_images(tmp_path: Path, image_folder,
     assert table["label"].to_pylist() == [1, 1, 0, 0, 0]
 
 
-def test_shard_files_hold_their_counts_in_the_footer(tmp_path: Path) -> None:
+def test_shard_files_hold_their_counts_in_the_footer(tmp_path: Path, image_folder) -> None:
+    image_folder(tmp_path / "src", {"train/cat": 3, "train/dog": 2, "test/cat": 2})
     cfg = Config()
-    cfg.data.shard_size = 100
-    manifest = ingest("synthetic", str(tmp_path / "s"), cfg, executor=LocalExecutor(cfg))
+    cfg.data.shard_size = 4
+    manifest = ingest(str(tmp_path / "src"), str(tmp_path / "s"), cfg,
+                      executor=LocalExecutor(cfg))
     files = sorted(f for f in manifest["files"] if f.endswith(".parquet"))
-    footer = pq.read_metadata(tmp_path / "s" / files[-1])  # ids 300..319: test only
-    image = footer.row_group(0).column(1)
+    footers = [pq.read_metadata(tmp_path / "s" / f) for f in files]
+    # ids: test/cat 0-1, train/cat 2-4, train/dog 5-6
+    assert [json.loads(f.metadata[shards.COUNTS_KEY.encode()]) for f in footers] == [
+        {"test": {"0": 2}, "train": {"0": 2}}, {"train": {"0": 1, "1": 2}}]
+    image = footers[0].row_group(0).column(1)
     assert image.path_in_schema == "image" and "RLE_DICTIONARY" not in image.encodings
-    assert json.loads(footer.metadata[shards.COUNTS_KEY.encode()]) == {
-        "test": {str(k): 5 for k in range(4)}}
     found = shards.file_counts(str(tmp_path / "s"), manifest["files"])
+    assert found == {"test": {"0": 2}, "train": {"0": 3, "1": 2}}
     assert shards.count_mismatch(manifest["meta"], found) is None
-    assert sum(found["train"].values()) == 256 and sum(found["test"].values()) == 64
 
 
 def test_a_manifest_that_its_files_contradict_is_not_committed(tmp_path: Path,
