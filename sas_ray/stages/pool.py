@@ -18,7 +18,7 @@ import numpy as np
 from sas_ray.config import Config
 from sas_ray.errors import SasRayError
 from sas_ray.io import storage
-from sas_ray.io.shards import STAGE, read_table, write_shard
+from sas_ray.io.shards import STAGE, read_table, verify_commit, write_shard
 
 
 def stratified(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
@@ -76,7 +76,8 @@ def make_pool(cfg: Config, shards_uri: str, shards: dict[str, Any], out: str
                                    np.flatnonzero(~is_train)]))
     table = table.take(keep).sort_by("id")
     meta = dict(shards["meta"])
-    with storage.write_artifact(out, STAGE, config=config, inputs=inputs) as w:
+    with storage.write_artifact(out, STAGE, config=config, inputs=inputs,
+                                verify=verify_commit) as w:
         step = cfg.data.shard_size
         for i, begin in enumerate(range(0, table.num_rows, step)):
             write_shard(table.slice(begin, step), storage.join(w.dir, f"pool-{i:05d}.parquet"))
