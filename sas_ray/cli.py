@@ -42,6 +42,7 @@ class Command:
     checks: tuple[str, ...] = ("all",)
     reads: str = ""
     notes: Callable[[], str] | None = None  # more help text, built only for --help
+    log_file: bool = False  # route output through sas_ray.console (a log file; quiet Ray)
 
 
 def _strategy_lines() -> str:
@@ -61,7 +62,7 @@ COMMANDS: dict[str, Command] = {
          ("--force", {"action": "store_true",
                       "help": "rebuild even when OUT holds shards of the same source files "
                               "and settings; replace an artifact of another stage at OUT"})],
-        reads="data.*, run.*"),
+        reads="data.*, run.*", log_file=True),
     "info": Command(
         "sas_ray.io.shards:cli_info",
         "summarise a shard dataset: counts per split and class (read from the files' "
@@ -74,7 +75,7 @@ COMMANDS: dict[str, Command] = {
          ("--subset", {"help": "subset or ranking artifact restricting the train ids"}),
          ("--fraction", {"type": float, "help": "cut the --subset ranking at this fraction"}),
          ("--out", {"required": True, "help": "run directory for checkpoints/metrics"})],
-        reads="model.*, train.*, eval.* (online kNN), data.image_size, run.*"),
+        reads="model.*, train.*, eval.* (online kNN), data.image_size, run.*", log_file=True),
     "evaluate": Command(
         "sas_ray.stages.evaluate:cli_evaluate",
         "linear probe + kNN accuracy of a checkpoint on the test split",
@@ -92,7 +93,7 @@ COMMANDS: dict[str, Command] = {
         reads="proxy.checkpoint (a sas-ray checkpoint file or run directory, or torchvision "
               "ResNet weights) or proxy.encoder + proxy.weights (a pretrained encoder: "
               "torchvision:NAME, timm:NAME, open_clip:ARCH; one of the two is required), "
-              "proxy.allow_download, embed.*, run.*"),
+              "proxy.allow_download, embed.*, run.*", log_file=True),
     "latent": Command(
         "sas_ray.stages.latent:cli_latent",
         "approximate latent classes (labels, few labels + linear, k-means, CLIP zero-shot)",
@@ -113,7 +114,7 @@ COMMANDS: dict[str, Command] = {
                                     "(select.incremental; classes the new rows miss are "
                                     "reused byte for byte)"})],
         checks=("all", "select"), reads="select.*, sweep.fractions (non-nested strategies), run.*",
-        notes=_strategy_lines),
+        notes=_strategy_lines, log_file=True),
     "subset-info": Command(
         "sas_ray.stages.rank:cli_subset_info",
         "size, per-class counts and overlap of a subset/ranking",
@@ -121,16 +122,31 @@ COMMANDS: dict[str, Command] = {
          ("--fraction", {"type": float, "help": "cut a nested ranking at this fraction"}),
          ("--compare", {"help": "another subset/ranking to measure overlap with"})],
         checks=()),
+    "show": Command(
+        "sas_ray.stages.show:cli_show",
+        "draw a ranking's kept and dropped images of a few latent classes as a PNG",
+        [("subset", {"help": "ranking artifact, e.g. outputs/rankings/labels/sas"}),
+         ("--fraction", {"type": float,
+                         "help": "cut at this fraction (default: the ranking's own, else the "
+                                 "smallest of sweep.fractions)"}),
+         ("--data", {"help": "the shards it ranks (default: <run.storage>/shards, or /pool "
+                             "with data.pool_size)"}),
+         ("--out", {"help": "PNG file, local or s3:// (default: <strategy>-f<fraction>.png)"}),
+         ("--classes", {"type": int, "default": 3,
+                        "help": "latent classes shown, largest to smallest (default 3)"}),
+         ("--per-row", {"type": int, "default": 8, "dest": "per_row",
+                        "help": "images per kept / dropped row (default 8)"})],
+        checks=(), reads="run.storage, data.pool_size, sweep.fractions"),
     "sweep": Command(
         "sas_ray.pipeline:cli_sweep",
         "sweep strategy x latent method x fraction x seed on the run.executor",
         [("--experiment", {"help": "sweep artifact dir (default: <run.storage>/sweep)"})],
-        checks=("all", "sweep"), reads="every section but data.source"),
+        checks=("all", "sweep"), reads="every section but data.source", log_file=True),
     "pipeline": Command(
         "sas_ray.pipeline:cli_pipeline",
         "ingest -> proxy -> embed -> latent -> rank -> sweep -> report",
         checks=("all", "sweep", "pipeline"),
-        reads="every section"),
+        reads="every section", log_file=True),
     "analyze": Command(
         "sas_ray.analysis.report:cli_analyze", "tables and plot from a (possibly partial) sweep",
         [("experiment", {"help": "the sweep artifact (default layout: <run.storage>/sweep)"}),
@@ -194,6 +210,15 @@ def cli_config(cfg: config_mod.Config, args: argparse.Namespace) -> None:
     print(config_mod.to_yaml(cfg), end="")
 
 
+def _run(command: Command, cfg: config_mod.Config, args: argparse.Namespace) -> None:
+    """The handler; its error's traceback goes to the log file (the terminal gets a line)."""
+    try:
+        resolve(command.handler)(cfg, args)
+    except Exception:
+        logging.getLogger(__name__).debug("%s failed", args.command, exc_info=True)
+        raise
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
@@ -206,9 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     command = COMMANDS[args.command]
+    if not command.log_file:
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                            format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     output = getattr(args, "out", None)  # where the command writes, for a full-disk error
     restore_handlers = interrupts.install()
     try:
@@ -217,7 +243,13 @@ def main(argv: list[str] | None = None) -> int:
         validate(cfg, command.checks)
         if command.checks and getattr(args, "out", None):
             outlives_job("output", args.out)
-        resolve(command.handler)(cfg, args)
+        if command.log_file:
+            from sas_ray.console import console
+
+            with console(args.command, cfg.run.storage, args.verbose):
+                _run(command, cfg, args)
+        else:
+            resolve(command.handler)(cfg, args)
     except KeyboardInterrupt as err:  # Ray, if started, is stopped at exit (executors.ray)
         how = "terminated" if isinstance(err, interrupts.Terminated) else "interrupted"
         print(f"sas-ray {args.command}: {how}", file=sys.stderr)

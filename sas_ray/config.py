@@ -95,10 +95,15 @@ class DataConfig:
     shard_size: int = setting(4096, ge=1)  # images per Parquet file
     on_corrupt: Literal["fail", "skip"] = "fail"  # what ingest does with an undecodable image
     download: bool = setting(False, result=False)  # torchvision sources: allow a download
-    synthetic_classes: int = setting(4, ge=1)
-    synthetic_train_per_class: int = setting(64, ge=1)
-    synthetic_test_per_class: int = setting(16, ge=1)
-    synthetic_size: int = setting(32, ge=4)
+    # the built-in synthetic pool (sas_ray/core/data/sources/synthetic.py): shape classes,
+    # train images = classes x train_per_class (long-tailed, with duplicates and junk)
+    synthetic_classes: int = setting(6, ge=1, le=8)
+    synthetic_train_per_class: int = setting(100, ge=1)
+    synthetic_test_per_class: int = setting(24, ge=1)  # curated: clean images only
+    synthetic_size: int = setting(32, ge=8)
+    synthetic_imbalance: float = setting(8.0, ge=1)  # largest / smallest class (clean images)
+    synthetic_duplicates: float = setting(0.15, ge=0, lt=1)  # share of near-duplicate copies
+    synthetic_junk: float = setting(0.1, ge=0, lt=1)  # share of blank, noise, off-class images
     image_size: int = setting(32, ge=1)  # side length the models see
     # a class-stratified subset of train used by every stage
     pool_size: int | None = setting(None, ge=1)
@@ -164,9 +169,9 @@ class MethodConfig:
 class TrainConfig:
     """Self-supervised training (reference recipe: SimCLR, Adam 1e-3, wd 1e-6, batch 512)."""
 
-    epochs: int = setting(3, ge=1)
+    epochs: int = setting(5, ge=1)
     method: MethodName = "simclr"  # its settings: method.<name>.*
-    batch_size: int = setting(128, ge=2)
+    batch_size: int = setting(64, ge=2)
     optimizer: Literal["adam", "sgd", "lars"] = "adam"
     lr: float = setting(1e-3, gt=0)
     weight_decay: float = setting(1e-6, ge=0)
@@ -219,7 +224,7 @@ class ProxyConfig:
     weights: str | None = None  # the pretrained encoder's file or directory (local or s3://)
     # with no proxy.weights, let torchvision/timm/open_clip download their pretrained weights
     allow_download: bool = setting(False, result=False)
-    epochs: int = setting(3, ge=1)  # epochs of the proxy SimCLR run when no checkpoint is given
+    epochs: int = setting(5, ge=1)  # epochs of the proxy SimCLR run when no checkpoint is given
     arch: Arch | None = None  # proxy backbone; None: model.arch
     width: float | None = setting(None, gt=0)  # proxy channel multiplier; None: model.width
 

@@ -106,13 +106,18 @@ def cifar10_tar() -> Path:
 
 @pytest.fixture(scope="session")
 def synthetic_shards(ray_session: object, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The built-in synthetic data set with DataConfig defaults (4 latent classes, 64 train +
-    16 test images per class, 32x32 RGB), ingested once per session; returns the shard dir."""
+    """The built-in synthetic data set, curated (no long tail, duplicates or junk): 4
+    classes of 64 train + 16 test images, 32x32 RGB, ingested once per session; returns the
+    shard dir."""
     from sas_ray.config import Config
     from sas_ray.stages.ingest import ingest
 
     out = tmp_path_factory.mktemp("synthetic") / "shards"
-    ingest("synthetic", str(out), Config())
+    cfg = Config()
+    d = cfg.data
+    d.synthetic_classes, d.synthetic_train_per_class, d.synthetic_test_per_class = 4, 64, 16
+    d.synthetic_imbalance, d.synthetic_duplicates, d.synthetic_junk = 1.0, 0.0, 0.0
+    ingest("synthetic", str(out), cfg)
     return str(out)
 
 

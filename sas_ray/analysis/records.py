@@ -35,6 +35,9 @@ class TrialRecord:
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str | None = None  # last line of the error, for failed trials
     name: str = ""
+    ranking: str | None = None  # the ranking artifact it was cut from (None: full data)
+    latent: str | None = None  # the latent-class method of that ranking (None: latent-free)
+    run: str | None = None  # its run directory (metrics.json: the per-epoch history)
 
     @property
     def key(self) -> tuple[str, float, int]:
@@ -62,15 +65,27 @@ def trial_records(trials: list[dict[str, Any]]) -> list[TrialRecord]:
                                             else t["status"])
         out.append(TrialRecord(label(cell["strategy"], cell["latent"], several),
                                float(cell["fraction"]), int(t["seed"]), status, metrics,
-                               t.get("error"), name=t["name"]))
+                               t.get("error"), name=t["name"], ranking=cell.get("ranking"),
+                               latent=cell["latent"], run=t.get("run")))
     return out
 
 
-def read_sweep(uri: str) -> list[TrialRecord]:
-    """The records of the ``sweep`` artifact at ``uri`` (local or s3://)."""
+def sweep_manifest(uri: str) -> dict[str, Any]:
+    """The manifest of the ``sweep`` artifact at ``uri``; an error when there is none."""
     manifest = storage.read_manifest(uri)
     if manifest is None or manifest.get("stage") != "sweep":
         raise SasRayError(f"{uri} holds no sas-ray sweep; pass the sweep directory a pipeline "
                           "or `sas-ray sweep` wrote (default: <run.storage>/sweep)")
+    return manifest
+
+
+def read_sweep(uri: str) -> list[TrialRecord]:
+    """The records of the ``sweep`` artifact at ``uri`` (local or s3://)."""
+    manifest = sweep_manifest(uri)
     (path,) = [f for f in storage.artifact_files(uri, manifest) if f.endswith(TRIALS_FILE)]
     return trial_records(storage.read_json(path))
+
+
+def trained_on(uri: str) -> str | None:
+    """The shards URI the sweep at ``uri`` trained on (its manifest's ``meta.data``)."""
+    return sweep_manifest(uri)["meta"].get("data")

@@ -6,20 +6,27 @@ the Ray and the local executor give the same report. Output is a :class:`Report`
 
 * ``cells``: one row per (strategy, fraction) with, over seeds, mean and sample std of the
   linear-probe and kNN test accuracy (percent), the gap to ``random`` at the same
-  fraction and the gap to full-data training (``strategy="full"``, fraction 1.0);
+  fraction and the gap to full-data training (``strategy="full"``, fraction 1.0); where the
+  shards tag example kinds (:mod:`sas_ray.analysis.kinds`), the percent of the pool's
+  near-duplicates and junk the subset kept; where the pipeline recorded its stages
+  (:mod:`sas_ray.analysis.costs`), the seconds spent selecting the subset;
 * ``tests``: per strategy, fraction and metric, the strategy - random gap with Welch's
   t-test and the paired (same seed) t-test over seeds (:mod:`sas_ray.analysis.stats`);
 * ``savings``: per strategy, the smallest fraction f whose mean accuracy (``analyze.metric``)
-  is at least ``full - tolerance`` points, i.e. the share 1 - f of the data that can be dropped,
-  and the training time that saves relative to full data;
+  is at least ``full - tolerance`` points, i.e. the share 1 - f of the data that can be
+  dropped, its signed gap to full data, and the time that saves: full-data training time
+  minus the subset's training time *and* its selection time (proxy, embeddings, ranking);
 * ``agreement``: optionally (:func:`forgetting_agreement`), Spearman's rho between a
   ranking's within-class order and the forgetting counts of a forgetting ranking;
 * failed trials (with their error line) and trials that have no result yet, so a
-  partially finished sweep is reported for what it is.
+  partially finished sweep is reported for what it is;
+* for the pictures: every trial's training loss per epoch, and per strategy the ranking
+  and fraction whose kept/dropped images the page shows (:mod:`sas_ray.analysis.gallery`).
 
-``write_report`` writes ``table.md``, ``table.csv``, ``tests.csv``, ``savings.csv`` and
-``accuracy_vs_fraction.png`` (matplotlib Agg) into a directory (local or ``s3://``), under
-stable names, and commits them with a manifest.
+``write_report`` writes ``index.html`` (:mod:`sas_ray.analysis.page`: a static page), the
+plots it shows (:mod:`sas_ray.analysis.plots`), one gallery PNG per strategy, ``table.md``,
+``table.csv``, ``tests.csv`` and ``savings.csv`` into a directory (local or ``s3://``) and
+commits them with a manifest.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import dataclasses
 import logging
 import math
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,6 +45,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sas_ray.analysis import costs, page, plots
+from sas_ray.analysis import kinds as kinds_mod
 from sas_ray.analysis.records import (
     BASELINE,
     FULL,
@@ -44,6 +54,7 @@ from sas_ray.analysis.records import (
     TIME_METRIC,
     TrialRecord,
     read_sweep,
+    trained_on,
 )
 from sas_ray.analysis.stats import paired, spearman, welch
 from sas_ray.config import AnalyzeConfig, Config
@@ -53,8 +64,13 @@ from sas_ray.io import storage
 log = logging.getLogger(__name__)
 
 PLOT_FILE = "accuracy_vs_fraction.png"
+CURVES_FILE = "training_curves.png"
+PAGE_FILE = "index.html"
 TEST_COLUMNS = ["strategy", "fraction", "metric", "gap", "welch_t", "welch_df", "welch_p",
                 "paired_t", "paired_p", "pairs", "seeds", "random_seeds"]
+SELECTION = "selection_s"  # cells column: seconds spent selecting the subset
+KEPT = {group: f"{group}_kept" for group in kinds_mod.GROUPS}  # cells columns, percent
+Curves = dict[tuple[str, float, int], list[dict[str, Any]]]
 
 
 @dataclass
@@ -70,6 +86,11 @@ class Report:
     metric: str
     finished: int
     agreement: list[dict[str, Any]] = field(default_factory=list)
+    dataset: str = ""  # "synthetic: 600 train / 240 test images, 6 classes"
+    shards: str | None = None  # the shards the sweep trained on
+    kinds: dict[str, np.ndarray] = field(default_factory=dict)  # see analysis.kinds
+    curves: Curves = field(default_factory=dict)  # (strategy, fraction, seed) -> history
+    galleries: dict[str, tuple[str, float]] = field(default_factory=dict)  # -> ranking, f
 
     @property
     def full(self) -> pd.Series | None:
@@ -79,9 +100,12 @@ class Report:
 
 # ---------------------------------------------------------------------------- aggregating
 def summarize(records: Sequence[TrialRecord], *, tolerance: float = 0.5,
-              metric: str = "linear_acc") -> Report:
+              metric: str = "linear_acc", kinds: kinds_mod.Kinds | None = None,
+              stages: costs.Stages | None = None) -> Report:
     """Aggregate finished trials over seeds; test every strategy against random; list failed
-    and unfinished trials. Strategies keep the order in which ``records`` first name them."""
+    and unfinished trials. Strategies keep the order in which ``records`` first name them.
+    ``kinds`` (id lists per example kind) adds the kept-share columns, ``stages`` (the
+    pipeline's record) the selection time."""
     if metric not in METRICS:
         raise SasRayError(f"analyze.metric '{metric}' is unknown; use one of {', '.join(METRICS)}")
     done = [r for r in records if r.finished]
@@ -90,9 +114,24 @@ def summarize(records: Sequence[TrialRecord], *, tolerance: float = 0.5,
                for r in records if not r.finished and r.status != "failed"]
     order = list(dict.fromkeys(r.strategy for r in records))
     cells = _aggregate(done, order)
+    _add_cell_columns(cells, done, kinds or {}, stages)
     return Report(cells=cells, savings=_savings(cells, metric, tolerance), tests=_tests(done),
                   failed=failed, missing=missing, tolerance=tolerance, metric=metric,
-                  finished=len(done))
+                  finished=len(done), kinds=dict(kinds or {}))
+
+
+def _add_cell_columns(cells: pd.DataFrame, done: Sequence[TrialRecord], kinds: kinds_mod.Kinds,
+                      stages: costs.Stages | None) -> None:
+    """The kept shares per kind group and the selection seconds of every cell, in place."""
+    keys = list(zip(cells["strategy"], cells["fraction"], strict=True))
+    shares = kinds_mod.cell_shares(done, kinds)
+    for group, column in KEPT.items():
+        cells[column] = [shares.get(k, {}).get(group, math.nan) for k in keys]
+    first = {}
+    for r in done:
+        first.setdefault((r.strategy, round(r.fraction, 6)), r)
+    seconds = [costs.selection_seconds(stages, first[k]) if stages else None for k in keys]
+    cells[SELECTION] = [math.nan if s is None else s for s in seconds]
 
 
 def _tests(done: Sequence[TrialRecord]) -> pd.DataFrame:
@@ -181,31 +220,38 @@ def _aggregate(done: Sequence[TrialRecord], order: Sequence[str]) -> pd.DataFram
 
 
 def _savings(cells: pd.DataFrame, metric: str, tolerance: float) -> pd.DataFrame:
-    """Per strategy: smallest fraction within ``tolerance`` points of full data on ``metric``."""
-    columns = ["strategy", "fraction", "data_dropped", f"{metric}_mean", "full_" + metric,
-               "train_time_s", "full_train_time_s", "time_saved_s", "time_saved_pct"]
+    """Per strategy: the smallest fraction whose ``metric`` is at least full data's minus
+    ``tolerance`` points, its gap to full data and the time it saves (training + selection
+    vs full-data training); where none is, the fraction closest to full data."""
+    acc = f"{metric}_mean"
+    columns = ["strategy", "fraction", "data_dropped", acc, "full_" + metric, "gap",
+               "train_time_s", SELECTION, "total_time_s", "full_train_time_s", "time_saved_s",
+               "time_saved_pct", "closest_fraction", "closest_gap"]
     full = cells[cells["strategy"] == FULL]
     if full.empty:
         return pd.DataFrame(columns=columns)
-    full_acc = float(full[f"{metric}_mean"].iloc[0])
+    full_acc = float(full[acc].iloc[0])
     full_time = float(full[f"{TIME_METRIC}_mean"].iloc[0])
     rows = []
     for strategy, group in cells[cells["strategy"] != FULL].groupby("strategy", sort=False):
-        ok = group[group[f"{metric}_mean"] >= full_acc - tolerance].sort_values("fraction")
+        closest = group.loc[group[acc].idxmax()]
+        row = {"strategy": strategy, "full_" + metric: full_acc, "full_train_time_s": full_time,
+               "closest_fraction": float(closest["fraction"]),
+               "closest_gap": float(closest[acc]) - full_acc}
+        ok = group[group[acc] >= full_acc - tolerance].sort_values("fraction")
         if ok.empty:
-            rows.append({"strategy": strategy, "fraction": math.nan, "data_dropped": 0.0,
-                         f"{metric}_mean": math.nan, "full_" + metric: full_acc,
-                         "train_time_s": math.nan, "full_train_time_s": full_time,
-                         "time_saved_s": 0.0, "time_saved_pct": 0.0})
+            rows.append({**row, "fraction": math.nan, "data_dropped": 0.0, acc: math.nan,
+                         "gap": math.nan, "train_time_s": math.nan, SELECTION: math.nan,
+                         "total_time_s": math.nan, "time_saved_s": 0.0, "time_saved_pct": 0.0})
             continue
         best = ok.iloc[0]
-        time = float(best[f"{TIME_METRIC}_mean"])
-        rows.append({"strategy": strategy, "fraction": float(best["fraction"]),
-                     "data_dropped": 1.0 - float(best["fraction"]),
-                     f"{metric}_mean": float(best[f"{metric}_mean"]), "full_" + metric: full_acc,
-                     "train_time_s": time, "full_train_time_s": full_time,
-                     "time_saved_s": full_time - time,
-                     "time_saved_pct": 100.0 * (full_time - time) / full_time if full_time
+        train, select = float(best[f"{TIME_METRIC}_mean"]), float(best[SELECTION])
+        total = train + (0.0 if math.isnan(select) else select)
+        rows.append({**row, "fraction": float(best["fraction"]),
+                     "data_dropped": 1.0 - float(best["fraction"]), acc: float(best[acc]),
+                     "gap": float(best[acc]) - full_acc, "train_time_s": train,
+                     SELECTION: select, "total_time_s": total, "time_saved_s": full_time - total,
+                     "time_saved_pct": 100.0 * (full_time - total) / full_time if full_time
                      else math.nan})
     return pd.DataFrame(rows, columns=columns)
 
@@ -221,41 +267,63 @@ def _gap(x: float) -> str:
     return "-" if math.isnan(x) else f"{x:+.1f}"
 
 
+def _pct(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:.0f}%"
+
+
+def _seconds(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:.0f}"
+
+
 def table_rows(report: Report) -> tuple[list[str], list[list[str]]]:
-    """Headers and formatted rows of the strategy x fraction table."""
+    """Headers and formatted rows of the strategy x fraction table (the kept-share and
+    selection columns only where some cell has them)."""
+    cells = report.cells
+    extra = [(f"{group} kept", column, _pct) for group, column in KEPT.items()
+             if column in cells and cells[column].notna().any()]
+    if SELECTION in cells and cells[SELECTION].notna().any():
+        extra.append(("select s", SELECTION, _seconds))
     headers = ["strategy", "fraction", "seeds"]
     for name in METRICS.values():
         headers += [f"{name} %", "vs random", "vs full"]
-    headers.append("train s")
+    headers += ["train s", *(h for h, _, _ in extra)]
     rows = []
-    for c in report.cells.to_dict("records"):
+    for c in cells.to_dict("records"):
         row = [c["strategy"], f"{c['fraction']:.2f}", str(c["seeds"])]
         for m in METRICS:
             row += [_acc(c[f"{m}_mean"], c[f"{m}_std"]), _gap(c[f"{m}_gap_random"]),
                     _gap(c[f"{m}_gap_full"])]
-        t = c[f"{TIME_METRIC}_mean"]
-        row.append("-" if math.isnan(t) else f"{t:.0f}")
+        row.append(_seconds(c[f"{TIME_METRIC}_mean"]))
+        row += [show(c[column]) for _, column, show in extra]
         rows.append(row)
     return headers, rows
 
 
 def savings_lines(report: Report) -> list[str]:
-    """One sentence per strategy: how much data can be dropped and the time it saves."""
+    """One sentence per strategy: the fraction kept, its signed accuracy gap to full data
+    ("within N points" only when it is), and the time saved counting selection."""
     name, acc, full_acc = METRICS[report.metric], f"{report.metric}_mean", f"full_{report.metric}"
+    tol = report.tolerance
     if report.full is None:
         return ["no full-data baseline finished, so savings cannot be computed (run the sweep "
                 "with sweep.include_full true)"]
     lines = []
     for s in report.savings.to_dict("records"):
         if math.isnan(s["fraction"]):
-            lines.append(f"{s['strategy']}: no fraction reaches full data "
-                         f"({s[full_acc]:.1f}% {name}) within {report.tolerance:g} points")
+            lines.append(f"{s['strategy']}: no fraction is within {tol:g} points of full data "
+                         f"({s[full_acc]:.1f}% {name}); closest: {s['closest_fraction']:.0%} "
+                         f"of the data at {s['closest_gap']:+.1f} points")
             continue
+        within = f" (within {tol:g} points)" if abs(s["gap"]) <= tol else ""
+        select = ("selection time not recorded" if math.isnan(s[SELECTION])
+                  else f"{s[SELECTION]:.0f} s to select")
+        saved = s["time_saved_pct"]
+        verdict = f"{saved:.0f}% saved" if saved >= 0 else f"{-saved:.0f}% more"
         lines.append(f"{s['strategy']}: keep {s['fraction']:.0%} of the data (drop "
-                     f"{s['data_dropped']:.0%}) for {s[acc]:.1f}% {name} vs {s[full_acc]:.1f}% "
-                     f"on full data (within {report.tolerance:g} points); training time "
-                     f"{s['train_time_s']:.0f} s vs {s['full_train_time_s']:.0f} s "
-                     f"({s['time_saved_pct']:.0f}% saved)")
+                     f"{s['data_dropped']:.0%}) for {s[acc]:.1f}% {name}, {s['gap']:+.1f} "
+                     f"points vs {s[full_acc]:.1f}% on full data{within}; time "
+                     f"{s['train_time_s']:.0f} s training + {select} = {s['total_time_s']:.0f} "
+                     f"s vs {s['full_train_time_s']:.0f} s on full data ({verdict})")
     return lines
 
 
@@ -299,32 +367,35 @@ def problem_lines(report: Report) -> list[str]:
     return lines
 
 
+def savings_intro(report: Report) -> str:
+    return (f"Smallest fraction of the training pool whose {METRICS[report.metric]} accuracy "
+            f"is at least full data's minus {report.tolerance:g} points; time counts the "
+            "subset's training and the selection it needs (proxy training, embedding, "
+            "latent classes, ranking) against training on full data.")
+
+
 def render(report: Report, markdown: bool = False) -> str:
     """The whole report as terminal text or Markdown."""
     headers, rows = table_rows(report)
     name = METRICS[report.metric]
     out = []
     if markdown:
-        out += ["# Subset sweep report", ""]
+        out += ["# Subset sweep report", ""] + ([report.dataset, ""] if report.dataset else [])
     out += [f"{report.finished} finished trials; accuracy on the test split, mean ± std over "
             "seeds; gaps in points.", "", format_table(headers, rows, markdown), ""]
     out += ["## Data savings" if markdown else f"data savings ({name}, tolerance "
             f"{report.tolerance:g} points):"]
     if markdown:
-        out += ["", f"Smallest fraction within {report.tolerance:g} points of full data "
-                f"({name}):", ""]
+        out += ["", savings_intro(report), ""]
     out += [("- " if markdown else "  ") + line for line in savings_lines(report)]
     if not report.tests.empty:
         out += ["", "## Strategy vs random" if markdown else "strategy - random:"]
-        out += ["", "Gap in points at equal fraction; two-sided p of Welch's t-test and of the "
-                "paired t-test (same seeds) over seeds.", ""] if markdown else []
+        out += ["", TESTS_NOTE, ""] if markdown else []
         out.append(format_table(*test_rows(report), markdown))
     if report.agreement:
         out += ["", "## Agreement with forgetting" if markdown else
                 "Spearman rho with forgetting events (positive: prefers unforgettable):"]
-        out += ["", "Spearman's rho between a ranking's within-class position and the "
-                "forgetting events of each example (positive: the ranking prefers "
-                "unforgettable examples).", ""] if markdown else []
+        out += ["", AGREEMENT_NOTE, ""] if markdown else []
         out.append(format_table(*agreement_rows(report), markdown))
     problems = problem_lines(report)
     if problems:
@@ -333,67 +404,130 @@ def render(report: Report, markdown: bool = False) -> str:
     return "\n".join(out) + "\n"
 
 
-def plot(report: Report, path: str, title: str = "") -> None:
-    """Accuracy vs fraction kept: one line per strategy with std error bars, full data as a
-    horizontal line with the tolerance band; one panel per metric."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(5.5 * len(METRICS), 4.2), squeeze=False)
-    cells = report.cells
-    for ax, (m, name) in zip(axes[0], METRICS.items(), strict=True):
-        for strategy, group in cells[cells["strategy"] != FULL].groupby("strategy", sort=False):
-            ax.errorbar(100 * group["fraction"], group[f"{m}_mean"],
-                        yerr=group[f"{m}_std"].fillna(0.0), marker="o", capsize=3,
-                        label=strategy)
-        if (full := report.full) is not None:
-            ax.axhline(full[f"{m}_mean"], color="black", linestyle="--", linewidth=1,
-                       label=f"full data ({full[f'{m}_mean']:.1f})")
-            ax.axhspan(full[f"{m}_mean"] - report.tolerance, full[f"{m}_mean"] + report.tolerance,
-                       color="grey", alpha=0.15, label=f"± {report.tolerance:g} points")
-        ax.set_xlabel("% of unlabeled training data kept")
-        ax.set_ylabel(f"{name} test accuracy (%)")
-        ax.set_title(name)
-        ax.grid(alpha=0.3)
-        if cells.empty:
-            ax.text(0.5, 0.5, "no finished trials yet", ha="center", transform=ax.transAxes)
-        else:
-            ax.legend(fontsize="small")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+TESTS_NOTE = ("Gap in points at equal fraction; two-sided p of Welch's t-test and of the "
+              "paired t-test (same seeds) over seeds.")
+AGREEMENT_NOTE = ("Spearman's rho between a ranking's within-class position and the "
+                  "forgetting events of each example (positive: the ranking prefers "
+                  "unforgettable examples).")
 
 
-# ---------------------------------------------------------------------------- entry points
-def analyze(sweep: str, cfg: AnalyzeConfig | None = None) -> Report:
-    """Report of the ``sweep`` artifact at ``sweep`` (local or s3://)."""
+# ---------------------------------------------------------------------------- reading
+def read_curves(records: Sequence[TrialRecord]) -> Curves:
+    """(strategy, fraction, seed) -> the per-epoch history (``epoch``, ``loss``) of every
+    finished trial whose run directory still holds its ``metrics.json``."""
+    out: Curves = {}
+    for r in records:
+        uri = storage.join(r.run, "metrics.json") if r.finished and r.run else None
+        if uri is None or not storage.exists(uri):
+            continue
+        history = storage.read_json(uri).get("history", [])
+        out[(r.strategy, round(r.fraction, 6), r.seed)] = [
+            {"epoch": int(h["epoch"]), "loss": float(h["loss"])} for h in history
+            if "epoch" in h and "loss" in h]
+    return out
+
+
+def gallery_subsets(records: Sequence[TrialRecord]) -> dict[str, tuple[str, float]]:
+    """Per strategy: its ranking at the smallest swept fraction (what it drops most of)."""
+    out: dict[str, tuple[str, float]] = {}
+    for r in sorted(records, key=lambda r: r.fraction):
+        if r.ranking is not None:
+            out.setdefault(r.strategy, (r.ranking, r.fraction))
+    return out
+
+
+def describe_dataset(shards: str | None) -> str:
+    """"synthetic: 600 train / 240 test images, 6 classes" from a shards manifest ('' when
+    unknown)."""
+    manifest = storage.read_manifest(shards) if shards else None
+    if manifest is None:
+        return ""
+    meta = manifest["meta"]
+    counts = " / ".join(f"{v['images']:,} {k}" for k, v in meta["splits"].items())
+    source = meta["source"].rstrip("/").rsplit("/", 1)[-1]
+    return f"{source}: {counts} images, {len(meta['class_names'])} classes"
+
+
+def analyze(sweep: str, cfg: AnalyzeConfig | None = None,
+            stages: costs.Stages | None = None) -> Report:
+    """Report of the ``sweep`` artifact at ``sweep`` (local or s3://): with the kinds of the
+    shards it trained on and the stage times of the pipeline next to it (``stages``: those,
+    already read)."""
     cfg = cfg or AnalyzeConfig()
-    return summarize(read_sweep(sweep), tolerance=cfg.tolerance, metric=cfg.metric)
+    records = read_sweep(sweep)
+    shards = trained_on(sweep)
+    report = summarize(records, tolerance=cfg.tolerance, metric=cfg.metric,
+                       kinds=kinds_mod.read_kinds(shards),
+                       stages=costs.read_stages(sweep) if stages is None else stages)
+    report.shards, report.dataset = shards, describe_dataset(shards)
+    report.curves, report.galleries = read_curves(records), gallery_subsets(records)
+    return report
 
 
-REPORT_FILES = ("table.md", "table.csv", "tests.csv", "savings.csv", PLOT_FILE)
+# ---------------------------------------------------------------------------- writing
+REPORT_FILES = (PAGE_FILE, "table.md", "table.csv", "tests.csv", "savings.csv", PLOT_FILE,
+                CURVES_FILE)
 
 
-def report_files(out: str) -> dict[str, str]:
-    """Name -> URI of the report files under ``out``."""
-    return {name: storage.join(out, name) for name in REPORT_FILES}
+def gallery_file(strategy: str) -> str:
+    """``gallery-sas.png``; a label such as ``sas/kmeans`` -> ``gallery-sas-kmeans.png``."""
+    return "gallery-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", strategy) + ".png"
+
+
+def report_files(out: str, report: Report | None = None) -> dict[str, str]:
+    """Name -> URI of the report files under ``out`` (with ``report``: its galleries too)."""
+    names = [*REPORT_FILES, *(gallery_file(s) for s in (report.galleries if report else ()))]
+    return {name: storage.join(out, name) for name in names}
+
+
+def _write_galleries(report: Report, tmp: str) -> dict[str, tuple[str, str]]:
+    """Gallery PNGs into ``tmp``; page heading -> (file name, caption)."""
+    from sas_ray.analysis.gallery import write_gallery
+    from sas_ray.io.artifacts import load_ranking
+
+    out = {}
+    for strategy, (uri, fraction) in report.galleries.items():
+        name = gallery_file(strategy)
+        write_gallery(load_ranking(uri), fraction, report.shards, report.kinds,
+                      os.path.join(tmp, name), title=f"{strategy} at {fraction:.0%} of the pool")
+        out[strategy] = (name, f"The first-ranked images of three latent classes (kept at "
+                               f"{fraction:.0%}) and the last-ranked ones (dropped).")
+    return out
+
+
+def _write_page(report: Report, path: str, title: str, galleries: dict[str, tuple[str, str]]
+                ) -> None:
+    extra = []
+    if not report.tests.empty:
+        extra.append(("Strategy vs random", TESTS_NOTE, test_rows(report)))
+    if report.agreement:
+        extra.append(("Agreement with forgetting", AGREEMENT_NOTE, agreement_rows(report)))
+    kept = ("; 'kept' columns: share of the pool's near-duplicates and junk (blank, noise, "
+            "off-class images) in the subset" if any(c in report.cells for c in KEPT.values())
+            and report.kinds else "")
+    text = page.page(
+        title=title, subtitle=f"{report.dataset} · {report.finished} finished trials; accuracy "
+        f"on the test split, mean ± std over seeds; gaps in points{kept}.",
+        intro=savings_intro(report), savings=savings_lines(report), table=table_rows(report),
+        full_label=FULL,
+        plots={"Accuracy vs fraction kept": (PLOT_FILE, "Markers are slightly offset in x "
+                                             "so that overlapping lines stay visible."),
+               "Training curves": (CURVES_FILE, "SSL training loss per epoch of every trial.")},
+        extra_tables=extra, galleries=galleries, problems=problem_lines(report))
+    with open(path, "w") as f:
+        f.write(text)
 
 
 def write_report(report: Report, out: str, title: str = "", *, config: Any = None,
                  inputs: dict[str, str] | None = None) -> dict[str, str]:
-    """Write ``out/{table.md, table.csv, tests.csv, savings.csv, accuracy_vs_fraction.png}``
-    (local or
-    s3://) under stable names, and commit them with a ``report`` manifest; returns
-    :func:`report_files`.
+    """Write :func:`report_files` into ``out`` (local or s3://) and commit them with a
+    ``report`` manifest; returns them.
 
     The old manifest is removed first and the new one written last, so a crash in between
     leaves files that no manifest vouches for rather than a mix that looks complete.
     """
-    files = report_files(out)
+    title = ": ".join(t for t in (title, report.dataset) if t) or "sas-ray report"
+    files = report_files(out, report if report.shards else None)
     storage.check_writable(out)
     storage.delete(storage.join(out, storage.MANIFEST))
     with tempfile.TemporaryDirectory() as tmp:
@@ -403,7 +537,11 @@ def write_report(report: Report, out: str, title: str = "", *, config: Any = Non
         report.tests.to_csv(local["tests.csv"], index=False, float_format="%.6g")
         with open(local["table.md"], "w") as f:
             f.write(render(report, markdown=True))
-        plot(report, local[PLOT_FILE], title)
+        plots.accuracy_plot(report.cells, local[PLOT_FILE], title=title,
+                            tolerance=report.tolerance)
+        plots.curves_plot(report.curves, local[CURVES_FILE], title=title)
+        galleries = _write_galleries(report, tmp) if report.shards else {}
+        _write_page(report, local[PAGE_FILE], title, galleries)
         for name, uri in files.items():
             with open(local[name], "rb") as f:
                 storage.write_bytes_atomic(uri, f.read())
@@ -415,13 +553,13 @@ def write_report(report: Report, out: str, title: str = "", *, config: Any = Non
 
 
 def print_report(report: Report, files: dict[str, str]) -> None:
-    """The table on the terminal, then where the files are."""
+    """The table on the terminal, then the page to open."""
     print(render(report), end="")
-    print("report: " + "\n        ".join(files[n] for n in ("table.md", "table.csv", PLOT_FILE)))
+    print(f"report: {files[PAGE_FILE]}")
 
 
 def cli_analyze(cfg: Config, args: argparse.Namespace) -> None:
-    """``sas-ray analyze SWEEP [--out DIR]``: print the table, write table/CSV/plot."""
+    """``sas-ray analyze SWEEP [--out DIR]``: print the table, write the report files."""
     sweep = args.experiment.rstrip("/")
     out = args.out or storage.join(os.path.dirname(sweep) or ".", "report")
     report = analyze(sweep, cfg.analyze)

@@ -23,6 +23,8 @@ file's footer records its rows per split and label (:data:`COUNTS_KEY`). The man
     skipped_corrupt  {"count": n, "examples": [names]}  (data.on_corrupt=skip)
     ignored_files    {"count": n, "examples": [names]}  (non-image files in the source)
     empty_classes    {"count": n, "examples": [dirs]}   (class directories with no image)
+    kinds            {kind: [ids]}  (only from a source that knows its examples' kinds: the
+                     synthetic pool's clean, duplicate, blank, noise, off-class)
 
 Before ingest commits, the footers of the files it lists must hold exactly the rows that
 ``splits`` counts (:func:`verify_commit`); ``sas-ray info`` shows the footers' counts and

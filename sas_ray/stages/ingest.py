@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import functools
 import json
 import logging
@@ -60,8 +61,7 @@ def ingest_config(data: DataConfig, source: str) -> dict[str, Any]:
     """The settings that determine the shards' content (they go into the fingerprint)."""
     keys = ["shard_size", "on_corrupt"]
     if source == "synthetic":
-        keys += ["synthetic_classes", "synthetic_train_per_class", "synthetic_test_per_class",
-                 "synthetic_size"]
+        keys += [f.name for f in dataclasses.fields(data) if f.name.startswith("synthetic_")]
     return {"source": source, **{k: getattr(data, k) for k in keys}}
 
 
@@ -230,6 +230,7 @@ def summarise(src: Source, stats: list[dict[str, Any]]) -> dict[str, Any]:
         "skipped_corrupt": _examples(corrupt),
         "ignored_files": _examples(src.ignored),
         "empty_classes": _examples(src.empty_classes),
+        **({"kinds": src.kinds} if src.kinds else {}),
     }
 
 

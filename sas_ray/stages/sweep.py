@@ -38,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -293,7 +294,7 @@ def run_trial(params: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
                                 seed=seed) as w:
         storage.write_json_atomic(storage.join(w.dir, RESULT_FILE), metrics)
         w.meta.update(name=params["name"], run=params["run"])
-    log.info("trial %s: linear probe %.1f%%, kNN %.1f%% (%s)", params["name"],
+    log.debug("trial %s: linear probe %.1f%%, kNN %.1f%% (%s)", params["name"],
              metrics["linear_acc"], metrics["knn_acc"],
              "evaluated a finished training" if metrics["reused_training"]
              else f"trained {metrics[TIME_METRIC]:.0f} s")
@@ -301,6 +302,55 @@ def run_trial(params: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- driver
+def _duration(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    return f"{m} min {s:02d} s" if m else f"{s} s"
+
+
+class SweepProgress(threading.Thread):
+    """While the trials run (on any executor), one log line each time another trial has its
+    result: trials done of all, that trial's accuracy, time elapsed and an ETA (elapsed per
+    trial done x trials left). Polls the trials' result artifacts every ``every_s``."""
+
+    def __init__(self, trials: Sequence[Mapping[str, Any]], every_s: float = 2.0) -> None:
+        super().__init__(daemon=True, name="sweep-progress")
+        self.trials, self.every_s = list(trials), every_s
+        self.done: set[str] = set()
+        self.stop = threading.Event()
+        self.start_time = time.perf_counter()
+
+    def __enter__(self) -> SweepProgress:
+        if self.trials:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        if self.is_alive():
+            self.join()
+
+    def run(self) -> None:
+        while not self.stop.wait(self.every_s):
+            self.poll()
+        self.poll()
+
+    def poll(self) -> None:
+        for t in self.trials:
+            if t["name"] in self.done:
+                continue
+            metrics = read_trial_result(t["result"], t["fingerprint"])
+            if metrics is None:
+                continue
+            self.done.add(t["name"])
+            n, total = len(self.done), len(self.trials)
+            elapsed = time.perf_counter() - self.start_time
+            eta = f", ETA {_duration(elapsed / n * (total - n))}" if n < total else ""
+            cell = t["subset"]
+            log.info("sweep: %d/%d trials done - %s %.0f%%: linear probe %.1f%%, kNN %.1f%% "
+                     "(%s elapsed%s)", n, total, cell["strategy"], 100 * cell["fraction"],
+                     metrics["linear_acc"], metrics["knn_acc"], _duration(elapsed), eta)
+
+
 @dataclass
 class SweepResult:
     """Outcome of :func:`run_sweep`: the listing committed in the sweep artifact."""
@@ -334,7 +384,7 @@ def commit_sweep(uri: str, spec: SweepSpec, trials: list[dict[str, Any]]) -> Non
     with storage.write_artifact(uri, SWEEP_STAGE, config={"grid": spec.fingerprint}) as w:
         storage.write_json_atomic(storage.join(w.dir, TRIALS_FILE), trials)
         w.meta.update(complete=counts.get(FINISHED, 0) == len(trials), counts=counts,
-                      cells=len(spec.cells), seeds=spec.seeds)
+                      cells=len(spec.cells), seeds=spec.seeds, data=spec.data)
 
 
 def sweep_fingerprint(spec: SweepSpec) -> str:
@@ -359,8 +409,9 @@ def run_sweep(cfg: Config, spec: SweepSpec, executor: Executor, uri: str, experi
              len(spec.cells), len(spec.seeds), len(pending), executor.name)
     params = [{k: t[k] for k in ("name", "subset", "seed", "run", "result", "fingerprint")}
               for t in pending]
-    outcomes = executor.run_trials(partial(run_trial, spec=spec.to_json()), params, experiment,
-                                   callbacks=callbacks)
+    with SweepProgress(pending):
+        outcomes = executor.run_trials(partial(run_trial, spec=spec.to_json()), params,
+                                       experiment, callbacks=callbacks)
     trained = 0
     for t, outcome in zip(pending, outcomes, strict=True):
         t.update(status=_status(outcome), error=outcome.error)

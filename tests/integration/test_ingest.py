@@ -32,7 +32,7 @@ def _cfg(shard_size: int = 4096, on_corrupt: str = "fail") -> Config:
 def test_synthetic_shards(synthetic_shards: str) -> None:
     manifest = storage.require_manifest(synthetic_shards, "shards")
     meta = manifest["meta"]
-    assert meta["class_names"] == ["class0", "class1", "class2", "class3"]
+    assert meta["class_names"] == ["disk", "square", "triangle", "cross"]
     assert meta["splits"]["train"]["per_class"] == dict.fromkeys(meta["class_names"], 64)
     assert meta["splits"]["test"]["images"] == 64 and meta["image_sizes"] == {"32x32": 320}
     table = shards.read_table(synthetic_shards)

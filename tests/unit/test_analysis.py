@@ -12,8 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sas_ray.analysis.costs import selection_seconds
+from sas_ray.analysis.kinds import kept_shares
+from sas_ray.analysis.plots import y_limits
 from sas_ray.analysis.records import TrialRecord, read_sweep
 from sas_ray.analysis.report import (
+    CURVES_FILE,
+    PAGE_FILE,
     PLOT_FILE,
     analyze,
     forgetting_agreement,
@@ -68,7 +73,8 @@ def test_summary_means_gaps_and_savings() -> None:
     assert report.failed == [] and report.missing == []
     text = render(report)
     assert "sas: keep 60% of the data (drop 40%)" in text
-    assert "random: no fraction reaches full data" in text
+    assert "random: no fraction is within 0.5 points of full data (80.0% linear probe); " \
+        "closest: 60% of the data at -5.0 points" in text
 
 
 def test_strategy_vs_random_tests_per_fraction() -> None:
@@ -213,7 +219,8 @@ def test_write_report_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     files = write_report(analyze(uri), out, title="t")
     assert files == report_files(out)
     assert sorted(p.name for p in (tmp_path / "report").iterdir()) == sorted(
-        ["table.md", "table.csv", "tests.csv", "savings.csv", PLOT_FILE, "manifest.json"])
+        ["table.md", "table.csv", "tests.csv", "savings.csv", PLOT_FILE, CURVES_FILE,
+         PAGE_FILE, "manifest.json"])
     manifest = storage.require_manifest(out, "report")
     assert manifest["meta"]["finished"] == 10 and sorted(manifest["files"]) == sorted(files)
     assert storage.read_bytes(files[PLOT_FILE])[:8] == b"\x89PNG\r\n\x1a\n"
@@ -227,7 +234,9 @@ def test_write_report_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
     assert main(["analyze", uri, "--analyze.tolerance", "10"]) == 0
     printed = capsys.readouterr().out
-    assert "keep 30% of the data" in printed and PLOT_FILE in printed
+    assert "keep 30% of the data" in printed and PAGE_FILE in printed
+    page = (tmp_path / "report" / PAGE_FILE).read_text()
+    assert f'src="{PLOT_FILE}"' in page and "keep 60% of the data" in page
     assert "keep 30%" in (tmp_path / "run" / "report" / "table.md").read_text()  # next to it
 
 
@@ -238,3 +247,56 @@ def test_bad_inputs_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["analyze", str(tmp_path / "empty"), "--out", str(tmp_path / "r")]) == 2
     assert "holds no sas-ray sweep" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_savings_say_the_signed_gap_and_within_only_when_within() -> None:
+    """sas at 0.3 is 5 points above full data: reported as +5.0, not "within"; at a gap of
+    -0.3 it is within 0.5 points. Time counts the selection: 30 s training + 12 s."""
+    records = [record("sas", 0.3, 0, 85.0), record("full", 1.0, 0, 80.0),
+               record("random", 0.3, 0, 79.7)]
+    stages = {"proxy": {"seconds": 10.0, "uri": "p"}, "embeddings": {"seconds": 1.5},
+              "rankings/sas": {"seconds": 0.5, "uri": "rank-sas"},
+              "rankings/random": {"seconds": 0.1, "uri": "rank-random"}}
+    for r in records:
+        r.ranking = None if r.strategy == "full" else f"rank-{r.strategy}"
+    lines = render(summarize(records, tolerance=0.5, stages=stages))
+    assert ("sas: keep 30% of the data (drop 70%) for 85.0% linear probe, +5.0 points vs "
+            "80.0% on full data; time 30 s training + 12 s to select = 42 s vs 100 s on full "
+            "data (58% saved)") in lines
+    assert ("random: keep 30% of the data (drop 70%) for 79.7% linear probe, -0.3 points vs "
+            "80.0% on full data (within 0.5 points); time 30 s training + 0 s to select") in lines
+    slow = {**stages, "proxy": {"seconds": 90.0, "uri": "p"}}
+    assert "(22% more)" in render(summarize(records, stages=slow))  # 30 + 92 s vs 100 s
+
+
+def test_selection_seconds_count_what_a_strategy_reads() -> None:
+    stages = {"proxy": {"seconds": 10.0}, "embeddings": {"seconds": 2.0},
+              "partition/kmeans": {"seconds": 1.0},
+              "rankings/kmeans/sas": {"seconds": 0.5, "uri": "r1"},
+              "rankings/random": {"seconds": 0.25, "uri": "r2"},
+              "rankings/kmeans/random-balanced": {"seconds": 0.25, "uri": "r3"}}
+    def rec(strategy: str, ranking: str | None, latent: str | None) -> TrialRecord:
+        return TrialRecord(strategy, 0.5, 0, "finished", ranking=ranking, latent=latent)
+    assert selection_seconds(stages, rec("sas", "r1", "kmeans")) == 13.5
+    assert selection_seconds(stages, rec("random", "r2", None)) == 0.25
+    assert selection_seconds(stages, rec("random-balanced", "r3", "kmeans")) == 1.25
+    assert selection_seconds(stages, rec("full", None, None)) == 0.0
+    assert selection_seconds(stages, rec("sas", "elsewhere", "kmeans")) is None
+    given = {**stages, "proxy": {"seconds": 3.0, "given": True}}
+    assert selection_seconds(given, rec("sas", "r1", "kmeans")) == 3.5
+
+
+def test_kept_shares_of_duplicates_and_junk() -> None:
+    kinds = {"clean": np.arange(0, 6), "duplicate": np.array([6, 7, 8, 9]),
+             "blank": np.array([10]), "noise": np.array([11, 20])}  # 20: not in the pool
+    shares = kept_shares(np.array([0, 1, 6, 10, 11]), np.arange(12), kinds)
+    assert shares == {"duplicates": 25.0, "junk": 100.0}
+    assert kept_shares(np.array([0]), np.arange(6), {"clean": np.arange(6)}) == {}
+
+
+def test_y_axis_spans_the_data_inside_0_100() -> None:
+    lo, hi = y_limits([99.6, 100.0, 100.0])
+    assert hi == 100.0 and hi - lo >= 10 and lo >= 0
+    assert y_limits([50.0, 52.0]) == (46.0, 56.0)
+    assert y_limits([0.5, 1.0]) == (0.0, 10.0)
+    assert y_limits([float("nan")]) == (0.0, 100.0)

@@ -16,56 +16,14 @@ import pytest
 
 from sas_ray.config import Config, DataConfig
 from sas_ray.core.data import images, sources
-from sas_ray.core.data.sources import imagefolder, synthetic
+from sas_ray.core.data.sources import imagefolder
 from sas_ray.errors import SasRayError
 from sas_ray.executors.local import LocalExecutor
 from sas_ray.io import shards, storage
 from sas_ray.stages import ingest as ingest_stage
 from sas_ray.stages.ingest import ingest
 
-# --- synthetic -----------------------------------------------------------------------------
-
-
-def test_synthetic_is_deterministic_in_seed_and_split() -> None:
-    a, la = synthetic.synthetic_images(4, 8, 16, seed=3, split="train")
-    b, lb = synthetic.synthetic_images(4, 8, 16, seed=3, split="train")
-    c, _ = synthetic.synthetic_images(4, 8, 16, seed=4, split="train")
-    t, _ = synthetic.synthetic_images(4, 8, 16, seed=3, split="test")
-    assert a.shape == (32, 16, 16, 3) and a.dtype == np.uint8
-    np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(la, lb)
-    assert not np.array_equal(a, c) and not np.array_equal(a, t)
-    np.testing.assert_array_equal(np.bincount(la), [8, 8, 8, 8])
-
-
-def test_synthetic_classes_are_separable_and_images_vary() -> None:
-    train, ytr = synthetic.synthetic_images(5, 40, 32, seed=0, split="train")
-    test, yte = synthetic.synthetic_images(5, 20, 32, seed=0, split="test")
-    # a nearest-class-mean classifier on mean colour + gradient energy separates the classes
-    def features(x: np.ndarray) -> np.ndarray:
-        x = x.astype(np.float64) / 255
-        dx = np.abs(np.diff(x, axis=2)).mean(axis=(1, 2, 3))
-        dy = np.abs(np.diff(x, axis=1)).mean(axis=(1, 2, 3))
-        return np.column_stack([x.mean(axis=(1, 2)), dx, dy])
-
-    ftr, fte = features(train), features(test)
-    means = np.stack([ftr[ytr == k].mean(0) for k in range(5)])
-    pred = np.argmin(((fte[:, None] - means[None]) ** 2).sum(-1), axis=1)
-    assert (pred == yte).mean() > 0.9
-    same_class = train[ytr == 0].astype(np.int16)
-    assert np.abs(same_class[0] - same_class[1]).mean() > 5  # shifts + noise: not copies
-
-
-def test_synthetic_source_lists_train_then_test() -> None:
-    data = DataConfig(synthetic_classes=3, synthetic_train_per_class=4,
-                      synthetic_test_per_class=2, synthetic_size=12)
-    src = sources.open_source("synthetic", data, seed=1)
-    assert src.kind == "pixels" and src.pixel_shape == (12, 12, 3)
-    assert src.class_names == ["class0", "class1", "class2"]
-    assert [it.split for it in src.items] == ["train"] * 12 + ["test"] * 6
-    assert [it.label for it in src.items[:4]] == [0, 1, 2, 0]
-    with pytest.raises(SasRayError, match="synthetic"):
-        synthetic.synthetic_images(0, 4, 12, seed=0, split="train")
+# synthetic: tests/unit/test_synthetic.py
 
 
 # --- ImageFolder directory and tar ---------------------------------------------------------

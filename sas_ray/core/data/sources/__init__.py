@@ -66,6 +66,8 @@ class Source:
     pixel_shape: tuple[int, ...] | None = None  # kind "pixels": shape of every payload
     ignored: list[str] = field(default_factory=list)  # non-image files skipped by extension
     empty_classes: list[str] = field(default_factory=list)  # class dirs without an image
+    # ids of each example kind, where the source knows them (synthetic: clean, duplicate, ...)
+    kinds: dict[str, list[int]] = field(default_factory=dict)
     # (id, payload) of every item in reading order; None: the items' payloads in id order
     reader: Callable[[], Iterator[tuple[int, Any]]] | None = None
 
