@@ -1,5 +1,6 @@
 # Two entry points, each creating the virtual environment on first use:
-#   make demo   run the whole pipeline on built-in synthetic data with local Ray
+#   make demo   run the whole pipeline on built-in synthetic data with local Ray; open
+#               outputs/report/index.html (the log of everything Ray printed: outputs/logs/)
 #   make test   run the test suite
 PYTHON ?= python3
 VENV := .venv
