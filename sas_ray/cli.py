@@ -148,7 +148,8 @@ COMMANDS: dict[str, Command] = {
         checks=("all", "sweep", "pipeline"),
         reads="every section", log_file=True),
     "analyze": Command(
-        "sas_ray.analysis.report:cli_analyze", "tables and plot from a (possibly partial) sweep",
+        "sas_ray.analysis.report:cli_analyze",
+        "the report page (index.html: table, plots, galleries) of a (possibly partial) sweep",
         [("experiment", {"help": "the sweep artifact (default layout: <run.storage>/sweep)"}),
          ("--out", {"help": "report dir (default: next to it)"})],
         checks=(), reads="analyze.*"),
@@ -185,7 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sas-ray", description=__doc__.splitlines()[0], epilog=_epilog(OVERRIDES),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser,
+                                help="a stage, or the whole pipeline (COMMAND --help: its "
+                                     "options and the config keys it reads)")
     for name, command in COMMANDS.items():
         reads = f"Config read: {command.reads}." if command.reads else ""
         p = sub.add_parser(name, help=command.help, description=command.help,
