@@ -8,7 +8,8 @@ cleaner takes a live training run for dead and removes its workers mid-run.
 A local instance is this driver's child processes (GCS, raylet, dashboard, log monitor) and
 theirs (the dashboard and runtime-env agents, the dashboard's module processes, workers).
 :func:`stop_ray` ends all of them; it runs at interpreter exit, and at once when ``ray.init``
-fails or is interrupted (Ctrl-C; SIGTERM, which the CLI raises as an interrupt).
+fails or is interrupted (Ctrl-C; SIGTERM, which the CLI raises as an interrupt: ``ray.init``
+would replace that handler, so it is put back).
 ``ray.shutdown`` alone does not: after an interrupted ``ray.init`` the agents keep running,
 holding their ports, and a Ray process that dies orphans its children.
 
@@ -22,7 +23,9 @@ import atexit
 import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -63,16 +66,27 @@ def ensure_ray(run: RunConfig | None = None) -> Any:
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     before = {p.pid for p in psutil.Process().children()}
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     try:
         context = ray.init(**kwargs)
     except BaseException:  # Ctrl-C, SIGTERM or an error while the head starts
         _record_started(before)
         stop_ray()
         raise
+    finally:
+        _keep_sigterm_handler(on_sigterm)
     _record_started(before)
     log.info("ray: %s%s", ray.cluster_resources(),
              f", dashboard http://{context.dashboard_url}" if context.dashboard_url else "")
     return ray
+
+
+def _keep_sigterm_handler(handler: Any) -> None:
+    """Put back a Python SIGTERM handler (the CLI's, raising an interrupt) that ``ray.init``
+    replaced: Ray's core worker installs its own, which prints a stack and aborts the driver
+    (exit -6), so no clean-up would run."""
+    if callable(handler) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
 
 
 def _record_started(before: set[int]) -> None:
