@@ -33,8 +33,8 @@ for all, then three passes apply the blends after it: the hue (the costly op) ru
 Pixel work: crop+resize with ``torchvision.ops.roi_align`` (one box per image; bilinear,
 averaging several samples per output pixel when shrinking), blur as a grouped convolution
 (a unit impulse kernel where the image is not blurred). On the CPU the images are processed
-:data:`CPU_CHUNK_BYTES` at a time, so every intermediate stays in cache (the same results: the
-work is per image).
+:data:`CPU_CHUNK_BYTES` at a time, so every intermediate stays in cache, the blurred ones
+together so that the other passes skip the blur (the same results: the work is per image).
 
 Shapes: images are uint8 ``(N, C, H, W)`` (C = 3) on any device; views are float
 ``(m, N, C, size, size)``. Plain torch/torchvision: no Ray, no pyarrow.
@@ -161,22 +161,24 @@ def hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     # hue in sixths in [-1, 5): the sector of the largest channel (R first, then G), as HSV
     h = select(v == r, g - b, select(v == g, torch.add(b - r, c, alpha=2),
                                      torch.add(r - g, c, alpha=4)))
-    h = h.div_(c + (c == 0).to(c.dtype)).add_(_column(6 * shift))
-    h = h.add_((h < 0).to(h.dtype), alpha=6).sub_((h >= 6).to(h.dtype), alpha=6)  # [0, 6)
-    pure = (h - _constant((3.0, 2.0, 4.0), x.device, x.dtype)).abs_()
-    pure = torch.addcmul(_constant((-1.0, 2.0, 2.0), x.device, x.dtype), pure,
-                         _constant((1.0, -1.0, -1.0), x.device, x.dtype)).clamp_(0, 1)
+    h = h.div_(c.clamp_min(1e-30)).add_(_column(6 * shift))  # c = 0: the numerator is 0
+    h = h.sub_(torch.floor(h * (1 / 6)).mul_(6))  # into [0, 6)
+    pure = (h - _constant((3.0, 2.0, 4.0), x.device, x.dtype)).abs_()  # in-place: fast on CPU
+    pure = pure.mul_(_constant((1.0, -1.0, -1.0), x.device, x.dtype)).add_(
+        _constant((-1.0, 2.0, 2.0), x.device, x.dtype)).clamp_(0, 1)
     return pure.mul_(c).add_(low)
 
 
 def gaussian_kernels(sigma: torch.Tensor, size: int) -> torch.Tensor:
-    """Normalised 1-D Gaussian kernels ``(n, size)`` (``size`` odd) of widths ``sigma (n,)``."""
+    """Normalised 1-D Gaussian kernels ``(n, size)`` (``size`` odd) of widths ``sigma (n,)``.
+    Weights below 1e-30 are 0: denormal floats would slow the convolution ~10x on a CPU."""
     t = torch.arange(size, device=sigma.device, dtype=sigma.dtype) - size // 2
     pdf = torch.exp(-0.5 * (t.view(1, -1) / sigma.view(-1, 1)) ** 2)
+    pdf = pdf * (pdf > 1e-30)
     return pdf / pdf.sum(1, keepdim=True)
 
 
-def blur(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+def blur_images(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     """Separable blur of ``(n, c, h, w)`` with image ``i``'s 1-D ``kernel[i]`` (reflect pad)."""
     n, ch, height, width = x.shape
     k = kernel.shape[1]
@@ -201,12 +203,13 @@ class ViewParams:
     hue_on: torch.Tensor  # (n,) 0/1 float masks, like flip and gray
     gray: torch.Tensor  # (n,)
     blur: torch.Tensor | None  # (n, k) kernels (an impulse where not blurred), or off
+    blurred: torch.Tensor | None  # (n,) bool: a Gaussian kernel, not an impulse
     solarize: torch.Tensor | None  # (n,) 0/1 float mask, or off
 
-    def rows(self, start: int, stop: int) -> ViewParams:
-        """The parameters of images ``start..stop-1``."""
+    def rows(self, rows: torch.Tensor) -> ViewParams:
+        """The parameters of images ``rows`` (int64 indices)."""
         return ViewParams(**{f.name: None if (v := getattr(self, f.name)) is None
-                             else v[start:stop] for f in dataclasses.fields(self)})
+                             else v[rows] for f in dataclasses.fields(self)})
 
 
 @dataclass
@@ -262,14 +265,18 @@ class SimCLRAugment:
                              f"{tuple(images.shape)}")
         n = images.shape[0]
         params = self.params(image_keys(keys, n, images.device), images.shape[-2:])
-        chunk = max(1, CPU_CHUNK_BYTES // (4 * images.shape[1] * self.size ** 2)) \
-            if images.device.type == "cpu" else n
-        if chunk >= n:
+        if images.device.type != "cpu":
             return self.apply(images, params)
-        out = torch.empty((n, images.shape[1], self.size, self.size), device=images.device)
-        for start in range(0, n, chunk):
-            stop = min(start + chunk, n)
-            out[start:stop] = self.apply(images[start:stop], params.rows(start, stop))
+        # CPU: passes of CPU_CHUNK_BYTES, the blurred images together, so that a pass without
+        # any skips the blur (reading the flags is free here: no device to wait for)
+        chunk = max(1, CPU_CHUNK_BYTES // (4 * images.shape[1] * self.size ** 2))
+        order = torch.arange(n) if params.blurred is None else \
+            torch.argsort(params.blurred.to(torch.int8), stable=True)
+        out = torch.empty((n, images.shape[1], self.size, self.size))
+        for rows in order.split(chunk):
+            part = params.rows(rows)
+            blur = part.blurred is not None and bool(part.blurred.any())
+            out[rows] = self.apply(images[rows], part, blur)
         return out
 
     # ------------------------------------------------------------ parameters (tiny tensors)
@@ -284,11 +291,12 @@ class SimCLRAugment:
         kinds, factors, shift, hue_on = self._jitter(draw("factors", 4), draw("order", 4),
                                                      draw("jitter") < self.jitter_p)
         blur_on = self.blur if self.blur is not None else self.size >= 64
-        kernel = None
+        kernel = blurred = None
         if blur_on:
             k = max(3, int(0.1 * self.size) // 2 * 2 + 1)  # odd, ~10% of the side
             lo, hi = self.blur_sigma
-            sigma = torch.where(draw("blur") < self.blur_p, lo + (hi - lo) * draw("sigma"),
+            blurred = draw("blur") < self.blur_p
+            sigma = torch.where(blurred, lo + (hi - lo) * draw("sigma"),
                                 torch.full_like(draw("sigma"), 1e-3))  # 1e-3: an impulse
             kernel = gaussian_kernels(sigma, k)
         def mask(name: str, p: float) -> torch.Tensor:
@@ -301,6 +309,7 @@ class SimCLRAugment:
             flip=mask("flip", self.flip_p), kinds=kinds, factors=factors,
             gray_weights=gray_weights, mean_weights=mean_weights, hue_shift=shift,
             hue_on=hue_on.to(u.dtype), gray=mask("gray", self.gray_p), blur=kernel,
+            blurred=blurred,
             solarize=mask("solarize", self.solarize_p) if self.solarize_p > 0 else None)
 
     def _boxes(self, area_u: torch.Tensor, aspect_u: torch.Tensor, top_u: torch.Tensor,
@@ -343,8 +352,9 @@ class SimCLRAugment:
         return kinds, factors.gather(1, kinds), -h + 2 * h * factor_u[:, 3], on
 
     # ------------------------------------------------------------ pixels
-    def apply(self, images: torch.Tensor, p: ViewParams) -> torch.Tensor:
-        """The view of uint8 ``images (n, C, H, W)`` with parameters ``p`` (of these n)."""
+    def apply(self, images: torch.Tensor, p: ViewParams, blur: bool = True) -> torch.Tensor:
+        """The view of uint8 ``images (n, C, H, W)`` with parameters ``p`` (of these n);
+        ``blur=False``: none of them is blurred (the impulse kernels skipped)."""
         index = torch.arange(images.shape[0], device=images.device, dtype=p.boxes.dtype)
         boxes = torch.cat([index.view(-1, 1), p.boxes], 1)  # roi_align's (n, 5) boxes
         x = roi_align(images.float(), boxes, output_size=(self.size, self.size),
@@ -355,8 +365,8 @@ class SimCLRAugment:
                 x = select(_column(p.hue_on), hue(x, p.hue_shift), x)
             x = blend(x, p.factors[:, i], p.gray_weights[:, i], p.mean_weights[:, i])
         x = select(_column(p.gray), _gray(x).expand_as(x), x)
-        if p.blur is not None:
-            x = blur(x, p.blur)
+        if p.blur is not None and blur:
+            x = blur_images(x, p.blur)
         if p.solarize is not None:
             x = select((x >= self.solarize_threshold).to(x.dtype).mul_(_column(p.solarize)),
                        1 - x, x)
