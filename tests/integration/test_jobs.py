@@ -73,8 +73,10 @@ class Head:
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory: pytest.TempPathFactory, s3_server: str,
              free_port: Callable[[], int]) -> Iterator[Head]:
-    """A 2-CPU head on 127.0.0.1 with token auth; S3 settings in its environment, as a cluster
-    node would have them from its instance profile."""
+    """A 2-CPU head on 127.0.0.1 with token auth, started as the README says: from the venv
+    (its bin first on PATH: a job's `python` is the head's) with the S3 settings in its
+    environment (as a cluster node has them from its instance profile; a job gets the head's
+    environment, not the submitting shell's)."""
     temp_dir = tmp_path_factory.mktemp("rayhead")
     gcs, dash = free_port(), free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
@@ -149,3 +151,19 @@ def test_pipeline_job_on_s3_survives_a_killed_driver(ray_head: Head, s3_bucket: 
     for artifact in ("partition/labels", "rankings/labels/sas", "sweep", "report"):
         assert fs.exists(f"{storage}/{artifact}/manifest.json"), artifact
     assert fs.size(f"{storage}/report/accuracy_vs_fraction.png") > 0
+
+
+def test_relative_storage_in_a_job_fails_before_any_stage(ray_head: Head) -> None:
+    """In a job the working directory is Ray's per-job copy of it: a relative run.storage
+    is one error line naming the fix, and no stage runs."""
+    sid = ray_head.submit("pipeline", "--run.storage", "outputs", wait=False)
+    deadline = time.time() + 300
+    while (status := ray_head.status(sid)) in ("PENDING", "RUNNING"):
+        assert time.time() < deadline, ray_head.logs(sid)[-3000:]
+        time.sleep(2)
+    logs = ray_head.logs(sid)
+    assert status == "FAILED", logs[-3000:]
+    last = logs.strip().splitlines()[-1]
+    assert last.startswith("sas-ray pipeline: error: run.storage 'outputs' is relative: in a "
+                           "Ray job"), logs[-3000:]
+    assert "an s3:// URI" in last and "stage " not in logs
