@@ -23,7 +23,7 @@ A checkpoint is a directory of two files: ``encoder.pt`` (the whole method, load
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,7 +44,7 @@ from sas_ray.core.training.loop import (
     method_step,
 )
 from sas_ray.core.training.order import epoch_batches, per_worker_batch, steps_per_epoch
-from sas_ray.core.training.prefetch import decoded_batches
+from sas_ray.core.training.prefetch import TrainInput
 from sas_ray.errors import SasRayError
 from sas_ray.io import storage
 
@@ -142,13 +142,13 @@ class TrainRows:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def batches(self, positions: Sequence[np.ndarray], image_size: int, *, prefetch: int = 2,
-                threads: int = 1, pin: bool = False) -> Iterator[torch.Tensor]:
-        """Decoded uint8 ``(n, 3, size, size)`` batches of the rows at each array of
-        ``positions`` (into the id order), decoded ahead by threads
-        (:func:`~sas_ray.core.training.prefetch.decoded_batches`)."""
-        encoded = (self._images.take(pa.array(self._take[pos])).to_pylist() for pos in positions)
-        return decoded_batches(encoded, image_size, prefetch=prefetch, threads=threads, pin=pin)
+    def encoded(self, positions: np.ndarray) -> list[bytes]:
+        """The encoded images at ``positions`` (into the id order)."""
+        return self._images.take(pa.array(self._take[positions])).to_pylist()
+
+    def input(self, image_size: int, **kwargs: Any) -> TrainInput:
+        """Their decoded batches (:class:`~sas_ray.core.training.prefetch.TrainInput`)."""
+        return TrainInput(self.encoded, len(self), image_size, **kwargs)
 
 
 def read_rows(data: str, ids: np.ndarray | None) -> pa.Table:
@@ -280,7 +280,8 @@ def train_process(cfg: Config, data: str, out: str, rows: TrainRows, model: nn.M
     """Train ``model`` (the method of ``train.method`` on ``device``, prepared by
     :func:`~sas_ray.core.training.loop.prepare_module`, DDP-wrapped when ``world > 1``) as
     worker ``rank`` of ``world`` with ``cores`` CPU cores on ``rows`` from ``resume`` (a
-    :func:`read_checkpoint`) or from scratch. Batches are decoded ``train.prefetch`` ahead by
+    :func:`read_checkpoint`) or from scratch. Batches are decoded once when the decoded rows
+    fit in ``train.decoded_cache_mb``, else ``train.prefetch`` ahead by
     :func:`decode_threads` threads, into pinned memory on CUDA."""
     t = cfg.train
     method = getattr(model, "module", model)
@@ -311,12 +312,9 @@ def train_process(cfg: Config, data: str, out: str, rows: TrainRows, model: nn.M
         commit, lambda: checkpoint_files(model, cfg, optimizer, scheduler, precision, state),
         rank, t.checkpoint_every, t.epochs))
     step = method_step(method.augments(cfg.data.image_size), optimizer, precision)
-    threads = decode_threads(t, device, cores)
-
-    def batches(epoch: int) -> Iterator[torch.Tensor]:
-        return rows.batches(plan(epoch), cfg.data.image_size, prefetch=t.prefetch,
-                            threads=threads, pin=device.type == "cuda")
-
-    return fit(model, batches, step, optimizer, scheduler, range(state.epochs_done, t.epochs),
-               seed=cfg.run.seed, device=device, rank=rank, state=state,
-               callbacks=[*own, *callbacks])
+    source = rows.input(cfg.data.image_size, prefetch=t.prefetch,
+                        threads=decode_threads(t, device, cores), pin=device.type == "cuda",
+                        cache_mb=t.decoded_cache_mb)
+    return fit(model, lambda epoch: source.batches(plan(epoch)), step, optimizer, scheduler,
+               range(state.epochs_done, t.epochs), seed=cfg.run.seed, device=device, rank=rank,
+               state=state, callbacks=[*own, *callbacks])

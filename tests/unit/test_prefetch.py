@@ -62,3 +62,28 @@ def test_a_decoding_error_reaches_the_step() -> None:
     next(it)
     with pytest.raises((CorruptImageError, OSError)):
         next(it)
+
+
+@pytest.mark.parametrize("cache_mb", [0, 1])
+def test_train_input_decodes_once_when_the_rows_fit(cache_mb: float) -> None:
+    """Cached (1 MiB holds 40 x 32 x 32 x 3) or not, the same batches; cached, every row is
+    decoded once however many epochs ask for it."""
+    rows = jpegs(40)
+    asked: list[int] = []
+
+    def encoded(positions: np.ndarray) -> list[bytes]:
+        asked.extend(positions.tolist())
+        return [rows[i] for i in positions]
+
+    source = prefetch.TrainInput(encoded, len(rows), 32, threads=2, cache_mb=cache_mb)
+    assert source.cached == (cache_mb > 0)
+    plan = [np.array([3, 1, 4]), np.array([15, 9, 2, 6]), np.array([39, 0])]
+    for _ in range(2):  # two epochs
+        got = list(source.batches(plan))
+        for b, pos in zip(got, plan, strict=True):
+            assert b.is_contiguous(memory_format=torch.channels_last)
+            assert torch.equal(b, to_nchw(decode_images([rows[i] for i in pos], size=32)))
+    if cache_mb:
+        assert sorted(asked) == list(range(40))
+    else:
+        assert len(asked) == 2 * 9
