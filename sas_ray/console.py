@@ -3,9 +3,10 @@
 A command that computes (``Command.log_file`` in :mod:`sas_ray.cli`) writes a log file,
 ``<run.storage>/logs/<command>-<time>.log`` (local storage; under the system's temporary
 directory for ``s3://`` storage), and says where once. The file gets every line: this
-process's log records at DEBUG, everything Ray prints (its log lines, worker output
-forwarded to the driver, the C++ core worker's lines on file descriptors 1 and 2, which
-also reach Ray's own child processes), and what the terminal shows.
+process's log records (at DEBUG with ``-v``, else INFO), everything Ray prints (its log
+lines, worker output forwarded to the driver, the C++ core worker's lines on file
+descriptors 1 and 2, which also reach Ray's own child processes), and what the terminal
+shows.
 
 The terminal (without ``-v``) shows this package's log records at INFO and above, other
 libraries' warnings, the command's own output (tables, summaries), and training progress:
@@ -195,7 +196,7 @@ def console(command: str, storage_root: str, verbose: bool) -> Iterator[str]:
         handlers = _handlers(out, log, verbose)
         for h in handlers:
             root.addHandler(h)
-        root.setLevel(logging.DEBUG)
+        root.setLevel(logging.DEBUG if verbose else logging.INFO)  # DEBUG also makes Tune talk
         if not verbose:
             os.environ.update(ENV)
         sys.stdout, sys.stderr = out, err
@@ -219,8 +220,8 @@ def console(command: str, storage_root: str, verbose: bool) -> Iterator[str]:
                     stream.close()
 
 
-# Ray's own progress output off (its lines would only reach the log file)
-ENV = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+# Ray Data's progress bars off (they would only reach the log file)
+ENV = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
 
 
 def _restore(key: str, value: str | None) -> None:

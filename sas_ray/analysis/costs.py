@@ -2,9 +2,11 @@
 the ranking, in seconds, from the pipeline's record of its stages (``pipeline.json``).
 
 A strategy pays for what it reads: ``random`` only its ranking; ``random-balanced`` also the
-latent classes; every other strategy also the proxy training and the embeddings. A stage's
-seconds are the time it took when it last ran (cached stages keep that time: the cost of
-producing the subset, not of looking it up). A given proxy checkpoint costs nothing here.
+latent classes; every other strategy also the proxy training and the embeddings. Each cost is
+the compute its artifact recorded (:func:`compute_seconds`), measured as a trial's training
+time is: the proxy's epochs (its run's ``metrics.json``), the embedding, latent-class and
+ranking stages' own ``meta.seconds`` - not the wall time of a stage, which includes starting
+Ray. Cached stages keep the cost of producing them. A given proxy costs nothing here.
 """
 
 from __future__ import annotations
@@ -27,6 +29,30 @@ def read_stages(sweep: str) -> dict[str, dict[str, Any]]:
     """The stages recorded in ``pipeline.json`` next to the sweep at ``sweep`` ({} if none)."""
     uri = storage.join(os.path.dirname(sweep.rstrip("/")) or ".", STATE_FILE)
     return storage.read_json(uri).get("stages", {}) if storage.exists(uri) else {}
+
+
+def _proxy_seconds(meta: Mapping[str, Any]) -> float | None:
+    """The proxy run's training time (its last epoch's ``train_seconds``), as a trial's."""
+    run = (meta.get("alias") or {}).get("run")
+    uri = storage.join(run, "metrics.json") if run else None
+    if uri is not None and storage.exists(uri):
+        history = storage.read_json(uri).get("history") or [{}]
+        if "train_seconds" in history[-1]:
+            return float(history[-1]["train_seconds"])
+    return meta.get("train_seconds")
+
+
+def compute_seconds(stages: Stages) -> dict[str, dict[str, Any]]:
+    """``stages`` with each entry's ``seconds`` replaced by the compute its artifact recorded
+    (see the module docstring; the stage's wall time when the artifact says nothing)."""
+    out = {}
+    for name, entry in stages.items():
+        manifest = storage.read_manifest(entry["uri"]) if entry.get("uri") and not \
+            entry.get("given") else None
+        meta = (manifest or {}).get("meta", {})
+        seconds = _proxy_seconds(meta) if name == "proxy" else meta.get("seconds")
+        out[name] = {**entry, "seconds": entry.get("seconds") if seconds is None else seconds}
+    return out
 
 
 def _seconds(entry: Mapping[str, Any] | None) -> float:

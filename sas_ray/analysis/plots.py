@@ -113,6 +113,7 @@ def curves_plot(curves: Mapping[tuple[str, float, int], Sequence[Mapping[str, An
                 marker=styles[strategy]["marker"], markersize=4, linewidth=1.2,
                 linestyle=LINESTYLES[fractions.index(fraction) % len(LINESTYLES)],
                 label=f"{strategy} {fraction:.0%}" + (f" s{seed}" if seed else ""))
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss")
     ax.grid(alpha=0.3)

@@ -58,6 +58,7 @@ from sas_ray.analysis.records import (
 )
 from sas_ray.analysis.stats import paired, spearman, welch
 from sas_ray.config import AnalyzeConfig, Config
+from sas_ray.core.data.sources import SPLIT_NAMES
 from sas_ray.errors import SasRayError
 from sas_ray.io import storage
 
@@ -443,7 +444,9 @@ def describe_dataset(shards: str | None) -> str:
     if manifest is None:
         return ""
     meta = manifest["meta"]
-    counts = " / ".join(f"{v['images']:,} {k}" for k, v in meta["splits"].items())
+    order = {name: i for i, name in enumerate(SPLIT_NAMES)}
+    counts = " / ".join(f"{v['images']:,} {k}" for k, v in sorted(
+        meta["splits"].items(), key=lambda kv: order.get(kv[0], len(order))))
     source = meta["source"].rstrip("/").rsplit("/", 1)[-1]
     return f"{source}: {counts} images, {len(meta['class_names'])} classes"
 
@@ -458,7 +461,8 @@ def analyze(sweep: str, cfg: AnalyzeConfig | None = None,
     shards = trained_on(sweep)
     report = summarize(records, tolerance=cfg.tolerance, metric=cfg.metric,
                        kinds=kinds_mod.read_kinds(shards),
-                       stages=costs.read_stages(sweep) if stages is None else stages)
+                       stages=costs.compute_seconds(costs.read_stages(sweep) if stages is None
+                                                    else stages))
     report.shards, report.dataset = shards, describe_dataset(shards)
     report.curves, report.galleries = read_curves(records), gallery_subsets(records)
     return report
@@ -526,7 +530,7 @@ def write_report(report: Report, out: str, title: str = "", *, config: Any = Non
     The old manifest is removed first and the new one written last, so a crash in between
     leaves files that no manifest vouches for rather than a mix that looks complete.
     """
-    title = ": ".join(t for t in (title, report.dataset) if t) or "sas-ray report"
+    title = " — ".join(t for t in (title, report.dataset) if t) or "sas-ray report"
     files = report_files(out, report if report.shards else None)
     storage.check_writable(out)
     storage.delete(storage.join(out, storage.MANIFEST))

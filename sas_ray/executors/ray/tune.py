@@ -87,7 +87,7 @@ class TrialLog(ray.tune.Callback):
     """One log line per finished, retried and failed trial."""
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        log.info("trial %s done", trial.config["trial"]["name"])
+        log.debug("trial %s done", trial.config["trial"]["name"])  # the sweep logs progress
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         log.warning("trial %s failed (%s); retrying", trial.config["trial"]["name"],
