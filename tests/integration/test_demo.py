@@ -119,3 +119,17 @@ def test_report_page_loads_in_headless_chromium(demo: tuple[Path, str],
     loaded = dict(item.rsplit("=", 1) for item in title[1].split())
     assert loaded == dict.fromkeys(images, "1")
     assert np.all([Path(report, n).stat().st_size > 1000 for n in images])
+
+
+def test_show_draws_the_report_gallery(demo: tuple[Path, str], tmp_path: Path) -> None:
+    root = demo[0]
+    out = tmp_path / "sas.png"
+    proc = subprocess.run([SAS_RAY, "show", str(root / "rankings" / "labels" / "sas"),
+                           "--run.storage", str(root), "--fraction", "0.5", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and f"wrote {out}" in proc.stdout, proc.stderr
+    with Image.open(out) as shown, Image.open(root / "report" / "gallery-sas.png") as page:
+        assert shown.size == page.size  # the same grid: 3 classes x kept/dropped x 8
+    wrong = subprocess.run([SAS_RAY, "show", str(root / "rankings" / "random"), "--data",
+                            str(root / "nowhere")], capture_output=True, text=True, timeout=300)
+    assert wrong.returncode == 2 and "nowhere" in wrong.stderr
