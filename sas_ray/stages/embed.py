@@ -18,6 +18,7 @@ an artifact made by one is reused by the other. Before committing, the stage rea
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -38,6 +39,7 @@ from sas_ray.executors import get_executor
 from sas_ray.executors.base import Executor, Workers
 from sas_ray.io import storage
 from sas_ray.io.artifacts import EMBEDDINGS as STAGE
+from sas_ray.io.artifacts import encoder_file
 from sas_ray.io.shards import read_table
 
 log = logging.getLogger(__name__)
@@ -136,6 +138,8 @@ def embed(cfg: Config, data_uri: str, proxy: str | EncoderRef, out: str,
         raise SasRayError(f"shards at {data_uri} have no 'train' examples; ingest a source "
                           "with a train split")
     ref = proxy if isinstance(proxy, EncoderRef) else EncoderRef("sas-ray", proxy)
+    if ref.name == "sas-ray" and ref.weights is not None:  # any output that holds an encoder
+        ref = dataclasses.replace(ref, weights=encoder_file(ref.weights))
     model = ref.load(storage.FILES)
     image_size = ecfg.image_size or model.spec["image_size"]
     probe = torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8)

@@ -29,7 +29,6 @@ from sas_ray.core.models.encoders import TRAIN, EncoderRef, parse
 from sas_ray.errors import SasRayError
 from sas_ray.executors.base import Executor
 from sas_ray.io import storage
-from sas_ray.io.artifacts import encoder_file
 from sas_ray.stages.sweep import Aliases, completed_fit, train_fingerprint, train_settings
 
 STAGE = "proxy"
@@ -43,7 +42,7 @@ def encoder_ref(cfg: Config) -> EncoderRef | None:
         raise SasRayError("proxy.checkpoint and proxy.encoder both name a proxy; pass "
                           "--proxy.encoder sas-ray --proxy.weights PATH, or only one of them")
     if p.checkpoint:
-        return EncoderRef("sas-ray", encoder_file(p.checkpoint))
+        return EncoderRef("sas-ray", p.checkpoint)
     if p.encoder == TRAIN:
         return None
     parse(p.encoder)
