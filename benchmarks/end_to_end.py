@@ -38,7 +38,7 @@ import numpy as np
 from benchmarks.machine import machine_info, machine_line
 from sas_ray.config import Config
 from sas_ray.core.data.sources.imagefolder import imagefolder_tar
-from sas_ray.core.models import model_from_config
+from sas_ray.core.methods.registry import model_from_config
 from sas_ray.core.models.checkpoint import save_encoder
 from sas_ray.errors import SasRayError
 from sas_ray.stages.pool import stratified

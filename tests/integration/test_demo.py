@@ -20,7 +20,7 @@ from PIL import Image
 from sas_ray.analysis.records import FULL, read_sweep
 from sas_ray.config import Config
 from sas_ray.core.evaluation import evaluate_encoder
-from sas_ray.core.models import model_from_config
+from sas_ray.core.methods.registry import model_from_config
 from sas_ray.core.seeding import seed_model
 from sas_ray.stages.evaluate import load_split
 

@@ -19,7 +19,7 @@ import ray.tune
 from sas_ray import config
 from sas_ray.analysis.records import read_sweep
 from sas_ray.analysis.report import PLOT_FILE, analyze, render, write_report
-from sas_ray.core.models import model_from_config
+from sas_ray.core.methods.registry import model_from_config
 from sas_ray.core.models.checkpoint import save_encoder
 from sas_ray.executors.ray import RayExecutor
 from sas_ray.io import storage

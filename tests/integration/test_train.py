@@ -155,7 +155,7 @@ def test_subset_from_ranking_and_parquet(tmp_path) -> None:
 
 
 def test_online_knn_monitor_uses_a_validation_split_of_train(synthetic_shards: str) -> None:
-    from sas_ray.core.models import model_from_config
+    from sas_ray.core.methods.registry import model_from_config
     from sas_ray.executors.training import knn_monitor
 
     cfg = Config()

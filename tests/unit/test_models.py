@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from sas_ray.config import Config, TrainConfig
-from sas_ray.core.models import build_model, model_from_config
+from sas_ray.core.methods.registry import model_from_config
+from sas_ray.core.models import build_model
 from sas_ray.core.models.backbones import build_backbone
 from sas_ray.core.models.checkpoint import load_encoder, save_encoder
 from sas_ray.core.models.heads import ProjectionHead, encoder_from_spec, mlp

@@ -16,12 +16,20 @@ from sas_ray.core.methods.byol import BYOL
 from sas_ray.core.methods.moco import MoCo
 from sas_ray.core.methods.simclr import SimCLR
 from sas_ray.core.methods.simsiam import SimSiam
-from sas_ray.core.models import model_from_config
 from sas_ray.core.models.checkpoint import is_sas_ray, load_state, read_checkpoint
-from sas_ray.core.models.heads import encoder_from_spec
+from sas_ray.core.models.heads import Encoder, build_model, encoder_from_spec
 from sas_ray.errors import SasRayError
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (SimCLR, MoCo, BYOL, SimSiam)}
+
+
+def model_from_config(cfg: Config) -> Encoder:
+    """The (untrained) encoder ``cfg.model`` describes, with the projection head of
+    ``cfg.train.method``, for images of ``cfg.data.image_size`` px."""
+    m = cfg.model
+    return build_model(m.arch, width=m.width, stem=m.stem, proj_hidden=m.proj_hidden,
+                       proj_dim=m.proj_dim, image_size=cfg.data.image_size,
+                       projector=method_class(cfg.train.method).projector)
 
 
 def method_class(name: str) -> type[Method]:
