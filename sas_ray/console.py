@@ -36,7 +36,7 @@ from typing import IO, Any
 from sas_ray.io import storage
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-WORKER = re.compile(r"^\((?P<who>[^()]*(?:\([^()]*\))?[^()]*?) pid=\d+(?:, ip=[\d.]+)?\) ?")
+WORKER = re.compile(r"^\((?P<who>.*?) pid=\d+(?:, ip=[\d.]+)?\) ?")  # "(Actor pid=1) "
 RAY_LOG = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s+[A-Z]+ \S+:\d+ -- ")
 NATIVE_LOG = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z] \d+ \d+\]")
 EPOCH = re.compile(r"^epoch (?P<epoch>\d+)/(?P<epochs>\d+) ")
