@@ -4,10 +4,12 @@ Measured on ``--device`` (auto: CUDA when torch sees it), each with the code the
 
 - SimCLR steps (:func:`sas_ray.core.training.loop.fit` with :func:`method_step`): ResNet-18 at
   32 px and ResNet-50 at 224 px, fed by the real input path: encoded images (PNG at 32 px,
-  JPEG larger than 224 px, resized and centre-cropped) decoded by
-  :func:`~sas_ray.core.training.prefetch.decoded_batches` (``prefetch`` batches ahead, one
-  thread per core, pinned memory on CUDA), two views drawn on the device, bf16 autocast where
-  supported, channels-last and cuDNN autotuning (:func:`prepare_module`). Reported: img/s
+  JPEG larger than 224 px, resized and centre-cropped) through
+  :class:`~sas_ray.core.training.prefetch.TrainInput`: decoded once and gathered at 32 px (a
+  CIFAR-sized set fits in memory), decoded per batch at 224 px (an ImageNet-sized one does
+  not), 2 batches ahead by one thread per core, pinned memory on CUDA; two views drawn on
+  the device, bf16 autocast where supported, channels-last and cuDNN autotuning
+  (:func:`prepare_module`). Reported: img/s
   over the epoch after a warm-up epoch; the views' time alone on a device-resident batch and
   its share of the step's time (the views run on the same stream, before the forward); the
   decoder's img/s alone with the same threads (above the step rate: the input keeps up).
@@ -58,7 +60,7 @@ from sas_ray.core.models.optim import build_optimizer
 from sas_ray.core.seeding import example_keys, seed_model, step_keys
 from sas_ray.core.selection.sas import select_sas
 from sas_ray.core.training.loop import Callback, Precision, fit, method_step, prepare_module
-from sas_ray.core.training.prefetch import decoded_batches
+from sas_ray.core.training.prefetch import TrainInput, decoded_batches
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -74,6 +76,7 @@ class TrainCase:
     warmup: int  # steps of the warm-up epoch
     steps: int  # steps of the measured epoch
     pool: int  # distinct encoded images (cycled)
+    cached: bool  # decoded once (a CIFAR-sized set fits), else decoded per batch (ImageNet)
 
 
 @dataclass(frozen=True)
@@ -88,12 +91,12 @@ class Sizes:
 
 
 FULL = Sizes(
-    train=(TrainCase("resnet18_32px", "resnet18", 1.0, 32, 32, 512, 10, 40, 8192),
-           TrainCase("resnet50_224px", "resnet50", 1.0, 224, 256, 256, 5, 15, 1024)),
+    train=(TrainCase("resnet18_32px", "resnet18", 1.0, 32, 32, 512, 10, 40, 8192, True),
+           TrainCase("resnet50_224px", "resnet50", 1.0, 224, 256, 256, 5, 15, 1024, False)),
     embed_images=2048, embed_batch=256, sas_class_rows=100_000, sas_rows=1_000_000, sas_k=100)
 QUICK = Sizes(
-    train=(TrainCase("resnet18_32px", "resnet18", 0.125, 32, 32, 16, 1, 3, 64),
-           TrainCase("resnet50_32px_from_jpeg", "resnet50", 0.125, 32, 72, 8, 1, 2, 16)),
+    train=(TrainCase("resnet18_32px", "resnet18", 0.125, 32, 32, 16, 1, 3, 64, True),
+           TrainCase("resnet50_32px_from_jpeg", "resnet50", 0.125, 32, 72, 8, 1, 2, 16, False)),
     embed_images=16, embed_batch=8, sas_class_rows=1000, sas_rows=5000, sas_k=5)
 
 
@@ -116,12 +119,16 @@ def encoded_images(n: int, side: int, seed: int) -> list[bytes]:
     return out
 
 
-def cycled(pool: list[bytes], batch: int, steps: int, seed: int) -> Iterator[list[bytes]]:
-    """``steps`` batches of ``batch`` images drawn from ``pool`` (a shuffle, repeated)."""
-    order = np.random.default_rng(seed).permutation(np.resize(np.arange(len(pool)),
-                                                              batch * steps))
-    for s in range(steps):
-        yield [pool[i] for i in order[s * batch:(s + 1) * batch]]
+def cycled(n: int, batch: int, steps: int, seed: int) -> list[np.ndarray]:
+    """``steps`` batches of ``batch`` positions into ``n`` rows (a shuffle, repeated)."""
+    order = np.random.default_rng(seed).permutation(np.resize(np.arange(n), batch * steps))
+    return [order[s * batch:(s + 1) * batch] for s in range(steps)]
+
+
+def source(pool: list[bytes], size: int, threads: int, pin: bool, cached: bool) -> TrainInput:
+    """The training input over ``pool`` (:class:`TrainInput`, as the executors build it)."""
+    return TrainInput(lambda positions: [pool[i] for i in positions], len(pool), size,
+                      prefetch=2, threads=threads, pin=pin, cache_mb=1 << 20 if cached else 0)
 
 
 # ---------------------------------------------------------------- GPU utilisation
@@ -201,11 +208,11 @@ def train_case(case: TrainCase, device: torch.device, threads: int, compile: boo
     augments = model.augments(case.size)
     step = method_step(augments, optimizer, precision)
     pin = device.type == "cuda"
+    train_input = source(pool, case.size, threads, pin, case.cached)
 
     def batches(epoch: int) -> Iterator[torch.Tensor]:
         steps = case.warmup if epoch == 0 else case.steps
-        return decoded_batches(cycled(pool, case.batch, steps, epoch), case.size, prefetch=2,
-                               threads=threads, pin=pin)
+        return train_input.batches(cycled(len(pool), case.batch, steps, epoch))
 
     measured = MeasuredEpoch()
     state = fit(model, batches, step, optimizer, scheduler, range(2), seed=0, device=device,
@@ -225,14 +232,15 @@ def train_case(case: TrainCase, device: torch.device, threads: int, compile: boo
     synchronize(device)
     views_s = (time.perf_counter() - start) / reps
 
-    # the decoder alone, same threads
+    # the decoder alone, same threads (what an uncached set needs per epoch)
     start = time.perf_counter()
     decoded = sum(b.shape[0] for b in decoded_batches(
-        cycled(pool, case.batch, case.steps, 7), case.size, prefetch=2, threads=threads,
-        pin=pin))
+        ([pool[i] for i in pos] for pos in cycled(len(pool), case.batch, case.steps, 7)),
+        case.size, prefetch=2, threads=threads, pin=pin))
     decode_rate = decoded / (time.perf_counter() - start)
     return {"arch": case.arch, "width": case.width, "image_size": case.size,
             "stored_size": case.stored, "batch": case.batch, "steps": case.steps,
+            "decoded_once": case.cached,
             "precision": str(precision.dtype).replace("torch.", "") if precision.dtype
             else "float32", "compile": compile, "decode_threads": threads,
             "images_per_s": round(epoch["images_per_s"], 1),
@@ -257,8 +265,9 @@ def embed_phase(sizes: Sizes, case: TrainCase, device: torch.device, threads: in
 
     def run(steps: int) -> tuple[int, float]:
         done, start = 0, time.perf_counter()
-        for images in decoded_batches(cycled(pool, sizes.embed_batch, steps, 3), case.size,
-                                      prefetch=2, threads=threads, pin=device.type == "cuda"):
+        for images in decoded_batches(([pool[i] for i in pos] for pos in cycled(
+                len(pool), sizes.embed_batch, steps, 3)), case.size, prefetch=2,
+                threads=threads, pin=device.type == "cuda"):
             ids = torch.arange(done, done + images.shape[0])
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
                 emb = mean_view_embeddings(encoder, images.to(device, non_blocking=True),

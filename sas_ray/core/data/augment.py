@@ -20,7 +20,7 @@ parameters are counter-based draws from it (:func:`sas_ray.core.rng.uniform`: on
 parameter, so a parameter never shifts another's draws), made on the images' device. A view
 therefore depends only on the image and its key: not on the batch, the device's generator, or
 how the batch is split. No step needs a value on the host: per-image choices are mask blends
-(``torch.where``, identity factors) over the whole batch, never ``nonzero`` gathers, and
+(exact ``lerp`` selects, identity factors) over the whole batch, never ``nonzero`` gathers, and
 constants live on the device (:func:`_constant`), so on CUDA a view is queued without a sync.
 
 The colour jitter in a random order without gathers: image ``i`` applies its brightness,
@@ -58,7 +58,7 @@ from sas_ray.core.rng import combine, uniform
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale (ITU-R 601-2 luma)
-CPU_CHUNK_BYTES = 1 << 21  # a pass's float images on the CPU: 2 MiB (4 at 224 px) stay in cache
+CPU_CHUNK_BYTES = 1 << 21  # a pass's float images on the CPU: 2 MiB (3 at 224 px) stay in cache
 CROP_TRIES = 10  # RandomResizedCrop's attempts before its centre-crop fallback
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # colour-jitter ops (column = index)
 NO_BLEND = HUE  # a blend pass's "nothing here" (factor 1)
@@ -114,9 +114,9 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
     return r.mul(w[0]).add_(g, alpha=w[1]).add_(b, alpha=w[2]).unsqueeze(1)
 
 
-def _column(v: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Per-image values ``(n,)`` -> ``(n, 1, 1, 1)`` (as ``dtype`` when given)."""
-    return v.view(-1, 1, 1, 1) if dtype is None else v.to(dtype).view(-1, 1, 1, 1)
+def _column(v: torch.Tensor) -> torch.Tensor:
+    """Per-image values ``(n,)`` -> ``(n, 1, 1, 1)``."""
+    return v.view(-1, 1, 1, 1)
 
 
 def select(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
