@@ -187,7 +187,7 @@ class TrainConfig:
     prefetch: int = setting(2, result=False, ge=0)
     # decoding threads per worker; 0: auto (its cores on a GPU, 1 beside a CPU step)
     decode_threads: int = setting(0, result=False, ge=0)
-    # decode the training rows once and keep their pixels when they fit in this (0: never)
+    # MiB per worker: decode the training rows once and keep their pixels if they fit (0: never)
     decoded_cache_mb: int = setting(4096, result=False, ge=0)
     compile: bool = setting(False, result=False)  # torch.compile the encoder
     checkpoint_every: int = setting(1, result=False, ge=1)  # epochs
