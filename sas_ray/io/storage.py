@@ -101,8 +101,16 @@ def artifact_files(uri: str, manifest: dict[str, Any] | None = None) -> list[str
     return [join(uri, f) for f in manifest["files"]]
 
 
+# Bumped when an algorithm changes what a stage computes for the same settings (2: counter-
+# based augmentation streams, torchvision's grey weights, aspect-preserving resize), so
+# artifacts of older code are recomputed rather than reused; every downstream fingerprint
+# includes its inputs', so one bump reaches them all.
+ALGORITHMS = 2
+
+
 def stage_fingerprint(stage: str, config: Any, inputs: dict[str, str], seed: int | None) -> str:
-    return fingerprint({"stage": stage, "config": config, "inputs": inputs, "seed": seed})
+    return fingerprint({"stage": stage, "config": config, "inputs": inputs, "seed": seed,
+                        "algorithms": ALGORITHMS})
 
 
 def is_fresh(uri: str, fp: str) -> bool:
