@@ -329,7 +329,7 @@ class SelectConfig:
 
 @dataclass
 class SweepConfig:
-    """Ray Tune sweep over strategy x fraction x seed."""
+    """Ray Tune sweep over SSL method x strategy x fraction x seed."""
 
     fractions: list[float] = setting(factory=lambda: [0.5, 0.75], result=False, gt=0, le=1)
     seeds: list[int] = setting(factory=lambda: [0], result=False)
@@ -342,6 +342,8 @@ class SweepConfig:
     trial_cpus: float = setting(0.0, result=False, ge=0)
     # a sweep axis; []: latent.method
     latent_methods: list[LatentMethod] = setting(factory=list, result=False)
+    # SSL methods, a sweep axis (the proxy trains with train.method); []: train.method
+    methods: list[MethodName] = setting(factory=list, result=False)
     # start no trial after this many minutes (resumable)
     time_budget_min: float | None = setting(None, result=False, gt=0)
 
