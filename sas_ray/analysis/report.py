@@ -429,10 +429,11 @@ def read_curves(records: Sequence[TrialRecord]) -> Curves:
 
 
 def gallery_subsets(records: Sequence[TrialRecord]) -> dict[str, tuple[str, float]]:
-    """Per strategy: its ranking at the smallest swept fraction (what it drops most of)."""
+    """Per strategy with a finished trial: its ranking at the smallest such fraction (what it
+    drops most of)."""
     out: dict[str, tuple[str, float]] = {}
     for r in sorted(records, key=lambda r: r.fraction):
-        if r.ranking is not None:
+        if r.ranking is not None and r.finished:
             out.setdefault(r.strategy, (r.ranking, r.fraction))
     return out
 
@@ -478,10 +479,9 @@ def gallery_file(strategy: str) -> str:
     return "gallery-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", strategy) + ".png"
 
 
-def report_files(out: str, report: Report | None = None) -> dict[str, str]:
-    """Name -> URI of the report files under ``out`` (with ``report``: its galleries too)."""
-    names = [*REPORT_FILES, *(gallery_file(s) for s in (report.galleries if report else ()))]
-    return {name: storage.join(out, name) for name in names}
+def report_files(out: str) -> dict[str, str]:
+    """Name -> URI of the report files under ``out`` but the galleries (one per strategy)."""
+    return {name: storage.join(out, name) for name in REPORT_FILES}
 
 
 def _write_galleries(report: Report, tmp: str) -> dict[str, tuple[str, str]]:
@@ -492,8 +492,13 @@ def _write_galleries(report: Report, tmp: str) -> dict[str, tuple[str, str]]:
     out = {}
     for strategy, (uri, fraction) in report.galleries.items():
         name = gallery_file(strategy)
-        write_gallery(load_ranking(uri), fraction, report.shards, report.kinds,
-                      os.path.join(tmp, name), title=f"{strategy} at {fraction:.0%} of the pool")
+        try:
+            write_gallery(load_ranking(uri), fraction, report.shards, report.kinds,
+                          os.path.join(tmp, name),
+                          title=f"{strategy} at {fraction:.0%} of the pool")
+        except Exception as err:  # a picture must not cost the report
+            log.warning("no gallery for %s (%s: %s)", strategy, type(err).__name__, err)
+            continue
         out[strategy] = (name, f"The first-ranked images of three latent classes (kept at "
                                f"{fraction:.0%}) and the last-ranked ones (dropped).")
     return out
@@ -524,14 +529,14 @@ def _write_page(report: Report, path: str, title: str, galleries: dict[str, tupl
 
 def write_report(report: Report, out: str, title: str = "", *, config: Any = None,
                  inputs: dict[str, str] | None = None) -> dict[str, str]:
-    """Write :func:`report_files` into ``out`` (local or s3://) and commit them with a
-    ``report`` manifest; returns them.
+    """Write :func:`report_files` and the galleries into ``out`` (local or s3://) and commit
+    them with a ``report`` manifest; returns them all (name -> URI).
 
     The old manifest is removed first and the new one written last, so a crash in between
     leaves files that no manifest vouches for rather than a mix that looks complete.
     """
     title = " — ".join(t for t in (title, report.dataset) if t) or "sas-ray report"
-    files = report_files(out, report if report.shards else None)
+    files = report_files(out)
     storage.check_writable(out)
     storage.delete(storage.join(out, storage.MANIFEST))
     with tempfile.TemporaryDirectory() as tmp:
@@ -545,6 +550,8 @@ def write_report(report: Report, out: str, title: str = "", *, config: Any = Non
                             tolerance=report.tolerance)
         plots.curves_plot(report.curves, local[CURVES_FILE], title=title)
         galleries = _write_galleries(report, tmp) if report.shards else {}
+        for name, _ in galleries.values():
+            files[name], local[name] = storage.join(out, name), os.path.join(tmp, name)
         _write_page(report, local[PAGE_FILE], title, galleries)
         for name, uri in files.items():
             with open(local[name], "rb") as f:
