@@ -38,6 +38,7 @@ class TrialRecord:
     ranking: str | None = None  # the ranking artifact it was cut from (None: full data)
     latent: str | None = None  # the latent-class method of that ranking (None: latent-free)
     run: str | None = None  # its run directory (metrics.json: the per-epoch history)
+    method: str = ""  # the SSL method it trained with ("": a sweep from before sweep.methods)
 
     @property
     def key(self) -> tuple[str, float, int]:
@@ -66,7 +67,8 @@ def trial_records(trials: list[dict[str, Any]]) -> list[TrialRecord]:
         out.append(TrialRecord(label(cell["strategy"], cell["latent"], several),
                                float(cell["fraction"]), int(t["seed"]), status, metrics,
                                t.get("error"), name=t["name"], ranking=cell.get("ranking"),
-                               latent=cell["latent"], run=t.get("run")))
+                               latent=cell["latent"], run=t.get("run"),
+                               method=cell.get("method", "")))
     return out
 
 

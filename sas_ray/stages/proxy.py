@@ -1,4 +1,5 @@
-"""The proxy stage: the SimCLR encoder whose embeddings drive selection.
+"""The proxy stage: the encoder (trained with ``train.method``) whose embeddings drive
+selection, one for every method of ``sweep.methods``.
 
 The proxy is its own model section: ``proxy.arch`` / ``proxy.width`` (default: the trial
 model's ``model.arch`` / ``model.width``) trained for ``proxy.epochs`` epochs with the
@@ -7,7 +8,8 @@ run directory ``<runs>/<fingerprint[:8]>`` (a rerun after a crash resumes there)
 ``proxy`` artifact holds ``encoder.pt``; its ``meta.alias`` says which training it is
 (``train_fingerprint``, ``seed``, ``run``), so that the sweep's full-data trial with the same
 training evaluates this run instead of training the same network again
-(:func:`aliases`). The proxy never writes into the sweep's run directories.
+(:func:`aliases`; the training fingerprint holds the method, so only the full-data trial of
+``train.method`` can match). The proxy never writes into the sweep's run directories.
 
 With ``proxy.encoder`` a registry name (:mod:`sas_ray.core.models.encoders`: ``sas-ray``,
 ``torchvision:NAME``, ``timm:NAME``, ``open_clip:ARCH``) and ``proxy.weights`` its file or

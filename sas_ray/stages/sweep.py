@@ -1,16 +1,20 @@
-"""The sweep over (strategy, latent method, fraction, seed): train SimCLR on each subset,
-evaluate it, store the result; trials run on an executor (Ray Tune, or a local loop).
+"""The sweep over (SSL method, strategy, latent method, fraction, seed): train on each
+subset with each method, evaluate it, store the result; trials run on an executor (Ray Tune,
+or a local loop).
 
-Grid: cells ``{"strategy", "latent", "fraction", "ranking", "train_fingerprint",
-"fingerprint"}`` - every ranking of the pipeline (one per strategy and latent method;
-latent-free strategies such as ``random`` only once, with ``latent`` None) at every
-``sweep.fractions``, after ``{"strategy": "full", "fraction": 1.0}`` when
-``sweep.include_full`` - times ``sweep.seeds``. ``train_fingerprint`` covers what the trained
-encoder depends on (model/train settings, the shards, the ranking, the fraction) and names
-the trial's run directory together with the seed; ``fingerprint`` adds the evaluation
-settings and keys the stored result. A trial is identified by what it computes, not by when
-it ran. Trials run seed by seed (every cell's first seed before any cell's second), so a
-time budget that cuts the sweep leaves as many cells as possible with a result.
+Grid: cells ``{"method", "strategy", "latent", "fraction", "ranking", "train_fingerprint",
+"fingerprint"}`` - per SSL method of ``sweep.methods`` (default: ``train.method`` alone),
+every ranking of the pipeline (one per strategy and latent method; latent-free strategies
+such as ``random`` only once, with ``latent`` None) at every ``sweep.fractions``, after
+``{"strategy": "full", "fraction": 1.0}`` when ``sweep.include_full`` - times
+``sweep.seeds``. The rankings are the same for every method (one proxy, trained with
+``train.method``). ``train_fingerprint`` covers what the trained encoder depends on
+(model/train settings with ``train.method`` = the cell's method and that method's
+``method.<name>`` keys, the shards, the ranking, the fraction) and names the trial's run
+directory together with the seed; ``fingerprint`` adds the evaluation settings and keys the
+stored result. A trial is identified by what it computes, not by when it ran. Trials run
+seed by seed (every cell's first seed before any cell's second), so a time budget that cuts
+the sweep leaves as many cells as possible with a result.
 
 Trial (:func:`run_trial`, Ray-free): cut the ranking at the fraction, ``executor.fit`` into
 the trial's run directory, evaluate the final encoder (linear probe + kNN on the test split),
@@ -35,6 +39,7 @@ kept; a rerun continues).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
@@ -78,11 +83,24 @@ def train_fingerprint(cfg: Config, inputs: Mapping[str, Any]) -> str:
     return storage.fingerprint({**train_settings(cfg), **inputs})
 
 
+def train_methods(cfg: Config) -> list[str]:
+    """The SSL methods swept: ``sweep.methods``, or ``train.method``."""
+    return list(dict.fromkeys(cfg.sweep.methods or [cfg.train.method]))
+
+
+def trained_with(cfg: Config, method: str) -> Config:
+    """``cfg`` with ``train.method`` = ``method`` (its settings: ``method.<method>``)."""
+    out = copy.deepcopy(cfg)
+    out.train.method = method
+    return out
+
+
 def _cell(cfg: Config, strategy: str, latent: str | None, fraction: float,
           ranking: str | None, inputs: dict[str, Any]) -> dict[str, Any]:
+    """A grid cell trained as ``cfg`` says (its ``train.method`` is the cell's method)."""
     train_fp = train_fingerprint(cfg, inputs)
-    return {"strategy": strategy, "latent": latent, "fraction": float(fraction),
-            "ranking": ranking, "train_fingerprint": train_fp,
+    return {"method": cfg.train.method, "strategy": strategy, "latent": latent,
+            "fraction": float(fraction), "ranking": ranking, "train_fingerprint": train_fp,
             "fingerprint": storage.fingerprint({"train": train_fp,
                                                 "eval": result_settings(cfg.eval)})}
 
@@ -118,17 +136,21 @@ def check_subset_sizes(cfg: Config, num_train: int) -> None:
 
 def make_cells(cfg: Config, shards: Mapping[str, Any], rankings: Rankings
                ) -> list[dict[str, Any]]:
-    """Grid cells: the full-data cell when ``sweep.include_full``, then one per entry of
-    ``rankings``. ``shards`` is the manifest of the shards trained on."""
+    """Grid cells per method of :func:`train_methods`: the full-data cell when
+    ``sweep.include_full``, then one per entry of ``rankings``. ``shards`` is the manifest of
+    the shards trained on."""
     check_subset_sizes(cfg, num_train_images(shards))
     shards_fp = shards["fingerprint"]
-    cells = [full_cell(cfg, shards_fp)] if cfg.sweep.include_full else []
-    for (strategy, latent, fraction), (uri, ranking_fp) in rankings.items():
-        if strategy == FULL:
-            raise SasRayError(f"'{FULL}' names the full-data baseline, not a strategy; remove it "
-                              "from select.strategies and set sweep.include_full")
-        cells.append(_cell(cfg, strategy, latent, fraction, uri, {
-            "shards": shards_fp, "ranking": ranking_fp, "fraction": float(fraction)}))
+    if FULL in {strategy for strategy, _, _ in rankings}:
+        raise SasRayError(f"'{FULL}' names the full-data baseline, not a strategy; remove it "
+                          "from select.strategies and set sweep.include_full")
+    cells = []
+    for method in train_methods(cfg):
+        mcfg = trained_with(cfg, method)
+        cells += [full_cell(mcfg, shards_fp)] if cfg.sweep.include_full else []
+        cells += [_cell(mcfg, strategy, latent, fraction, uri, {
+            "shards": shards_fp, "ranking": ranking_fp, "fraction": float(fraction)})
+            for (strategy, latent, fraction), (uri, ranking_fp) in rankings.items()]
     if not cells:
         raise SasRayError("the sweep has no cells; set select.strategies or sweep.include_full")
     return cells
@@ -151,11 +173,16 @@ def seeds_of(cfg: Config) -> list[int]:
     return sorted(set(cfg.sweep.seeds))
 
 
-def run_name(cell: Mapping[str, Any], seed: int) -> str:
-    """``sas-f0.30-s0-1a2b3c4d``: readable, and unique per trained encoder (evaluation
-    settings are not part of it: changing them re-evaluates without retraining)."""
+def run_name(cell: Mapping[str, Any], seed: int, base_method: str) -> str:
+    """``sas-f0.30-s0-1a2b3c4d``, ``sas-byol-f0.30-s0-5e6f7a8b``: readable, and unique per
+    trained encoder (evaluation settings are not part of it: changing them re-evaluates
+    without retraining). The method is named when it is not ``base_method`` (``train.method``,
+    the proxy's): those trials keep the names a one-method sweep gives them, so adding a
+    method to ``sweep.methods`` (or dropping ``train.method`` from it) renames, and so
+    retrains, nothing."""
     key = storage.fingerprint({"cell": cell["train_fingerprint"], "seed": seed})[:8]
-    return f"{cell['strategy']}-f{cell['fraction']:.2f}-s{seed}-{key}"
+    method = "" if cell["method"] == base_method else f"-{cell['method']}"
+    return f"{cell['strategy']}{method}-f{cell['fraction']:.2f}-s{seed}-{key}"
 
 
 def ranking_uri(root: str, latent: str | None, strategy: str, fraction: float | None) -> str:
@@ -201,7 +228,7 @@ def plan_trials(spec: SweepSpec, aliases: Aliases | None = None) -> list[dict[st
     trials = []
     for seed in spec.seeds:
         for cell in spec.cells:
-            name = run_name(cell, seed)
+            name = run_name(cell, seed, spec.config["train"]["method"])
             own = storage.join(spec.runs, name)
             trials.append({"name": name, "subset": cell, "seed": seed,
                            "run": (aliases or {}).get((cell["train_fingerprint"], seed), own),
@@ -283,7 +310,7 @@ def run_trial(params: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
         return stored
     if spec["deadline"] is not None and time.time() > spec["deadline"]:
         return {SKIPPED: "sweep.time_budget_min"}
-    cfg = from_dict(spec["config"])
+    cfg = trained_with(from_dict(spec["config"]), cell["method"])
     cfg.run.seed = seed
     executor = get_executor(cfg)
     try:
@@ -315,6 +342,7 @@ class SweepProgress(threading.Thread):
     def __init__(self, trials: Sequence[Mapping[str, Any]], every_s: float = 2.0) -> None:
         super().__init__(daemon=True, name="sweep-progress")
         self.trials, self.every_s = list(trials), every_s
+        self.methods = len({t["subset"]["method"] for t in self.trials})
         self.done: set[str] = set()
         self.stop = threading.Event()
         self.start_time = time.perf_counter()
@@ -346,8 +374,10 @@ class SweepProgress(threading.Thread):
             elapsed = time.perf_counter() - self.start_time
             eta = f", ETA {_duration(elapsed / n * (total - n))}" if n < total else ""
             cell = t["subset"]
+            what = f"{cell['method']} {cell['strategy']}" if self.methods > 1 \
+                else cell["strategy"]
             log.info("sweep: %d/%d trials done - %s %.0f%%: linear probe %.1f%%, kNN %.1f%% "
-                     "(%s elapsed%s)", n, total, cell["strategy"], 100 * cell["fraction"],
+                     "(%s elapsed%s)", n, total, what, 100 * cell["fraction"],
                      metrics["linear_acc"], metrics["knn_acc"], _duration(elapsed), eta)
 
 

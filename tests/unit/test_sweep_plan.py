@@ -1,6 +1,6 @@
 """Sweep planning and the sweep driver without Ray: grid cells, fingerprints, run names, the
-trial order and aliases, the latent-method axis, how many Tune trials run at once, the
-checks that fail before any trial starts, and a sweep on the local executor (training
+trial order and aliases, the latent-method and SSL-method axes, how many Tune trials run at
+once, the checks that fail before any trial starts, and a sweep on the local executor (training
 replaced by a stub) that fails a trial, resumes from stored results and stops at its time
 budget."""
 
@@ -78,9 +78,9 @@ def test_fingerprints_follow_what_a_trial_computes() -> None:
     cell = make_cells(small_cfg(), SHARDS, RANKINGS)[1]
     probe = make_cells(small_cfg(**{"eval.knn_k": 20}), SHARDS, RANKINGS)[1]
     assert probe["fingerprint"] != cell["fingerprint"]
-    assert run_name(probe, 0) == run_name(cell, 0)
-    assert run_name(cell, 0).startswith("sas-f0.20-s0-")
-    assert run_name(cell, 0) != run_name(cell, 1)
+    assert run_name(probe, 0, "simclr") == run_name(cell, 0, "simclr")
+    assert run_name(cell, 0, "simclr").startswith("sas-f0.20-s0-")
+    assert run_name(cell, 0, "simclr") != run_name(cell, 1, "simclr")
 
 
 def test_spec_fingerprint_is_the_grid() -> None:
@@ -97,7 +97,8 @@ def test_trials_run_seed_by_seed_and_the_proxy_alias() -> None:
     the proxy's (same train fingerprint and seed) runs in the proxy's run directory, its
     result still goes to runs/."""
     cells = make_cells(small_cfg(), SHARDS, RANKINGS)
-    spec = SweepSpec(data="d", runs="/x/runs", cells=cells, seeds=[0, 1], config={})
+    spec = SweepSpec(data="d", runs="/x/runs", cells=cells, seeds=[0, 1],
+                     config=small_cfg().to_dict())
     full = cells[0]
     trials = plan_trials(spec, {(full["train_fingerprint"], 0): "/x/proxy-run/ab"})
     assert [(t["subset"]["strategy"], t["seed"]) for t in trials] == [
@@ -120,6 +121,67 @@ def test_latent_methods_are_a_sweep_axis() -> None:
                           "select.strategies": "sas"})
     assert [(f, serves) for *_, f, serves in ranking_plan(double)] == [(0.2, [0.2]),
                                                                       (0.5, [0.5])]
+
+
+def test_ssl_methods_are_a_sweep_axis() -> None:
+    """sweep.methods: every cell once per method, each trained with its method (train
+    fingerprints hold that method's section, and only that one's); the trials of train.method
+    keep the names of a one-method sweep; the proxy's alias reaches only its own method's
+    full-data trial."""
+    grid = {"sweep.methods": "simclr,byol"}
+    cells = make_cells(small_cfg(**grid), SHARDS, RANKINGS)
+    one = make_cells(small_cfg(), SHARDS, RANKINGS)
+    assert [(c["method"], c["strategy"], c["fraction"]) for c in cells] == [
+        (m, c["strategy"], c["fraction"]) for m in ("simclr", "byol") for c in one]
+    assert cells[:5] == one  # the simclr cells are those of a simclr-only sweep
+    simclr, byol = cells[:5], cells[5:]
+    assert all(a["fingerprint"] != b["fingerprint"] for a, b in zip(simclr, byol, strict=True))
+    only_byol = make_cells(small_cfg(**{"sweep.methods": "byol"}), SHARDS, RANKINGS)
+    assert only_byol == byol
+    assert make_cells(small_cfg(**{"train.method": "byol"}), SHARDS, RANKINGS) == byol
+
+    def moved(overrides: dict) -> set[str]:
+        new = make_cells(small_cfg(**grid, **overrides), SHARDS, RANKINGS)
+        return {c["method"] for c, old in zip(new, cells, strict=True)
+                if c["train_fingerprint"] != old["train_fingerprint"]}
+
+    assert moved({"method.byol.tau_base": 0.9}) == {"byol"}
+    assert moved({"method.simclr.temperature": 0.2}) == {"simclr"}
+    assert moved({"method.moco.queue_size": 32}) == set()  # not swept
+    assert moved({"train.epochs": 9}) == {"simclr", "byol"}
+
+    spec = sweep_spec(small_cfg(**grid), "d", SHARDS, RANKINGS, "/x/runs")
+    full = {c["method"]: c for c in spec.cells if c["strategy"] == "full"}
+    trials = plan_trials(spec, {(full["simclr"]["train_fingerprint"], 0): "/x/proxy-run/ab"})
+    names = [t["name"] for t in trials]
+    assert len(set(names)) == len(trials) == 10
+    assert names[:5] == [t["name"] for t in plan_trials(sweep_spec(
+        small_cfg(), "d", SHARDS, RANKINGS, "/x/runs"))]
+    assert [n.split("-f")[0] for n in names[5:]] == [
+        "full-byol", "sas-byol", "sas-byol", "random-byol", "random-byol"]
+    assert [t["run"] == "/x/proxy-run/ab" for t in trials] == [True] + [False] * 9
+    with pytest.raises(config.ConfigError, match=r"'sweep\.methods': 'byl' is not allowed"):
+        small_cfg(**{"sweep.methods": "simclr,byl"})
+
+
+def test_a_trial_trains_with_its_method(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                        ) -> None:
+    """run_trial hands the executor a config whose train.method is the cell's."""
+    seen: list[tuple[str, str]] = []
+
+    def fake_train(executor: Any, cfg: Config, data: str, cell: dict, out: str) -> dict:
+        seen.append((cell["method"], cfg.train.method))
+        return {"linear_acc": 50.0, "knn_acc": 40.0, "train_time_s": 1.0,
+                "reused_training": False}
+
+    monkeypatch.setattr(sweep, "train_and_evaluate", fake_train)
+    cfg = small_cfg(**{"run.executor": "local", "sweep.methods": "byol,simsiam",
+                       "sweep.include_full": False})
+    spec = sweep_spec(cfg, "d", SHARDS, RANKINGS, str(tmp_path / "runs"))
+    result = run_sweep(cfg, spec, LocalExecutor(cfg), str(tmp_path / "sweep"), "tune")
+    assert result.complete
+    assert seen == [("byol", "byol")] * 4 + [("simsiam", "simsiam")] * 4
+    assert {r.method for r in read_sweep(result.uri)} == {"byol", "simsiam"}
 
 
 @pytest.mark.parametrize(("cpus", "gpus", "overrides", "expected"), [
