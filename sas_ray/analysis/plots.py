@@ -1,7 +1,8 @@
 """The report's plots (matplotlib, Agg backend, written as PNG).
 
 * :func:`accuracy_plot`: test accuracy vs the percentage of the pool kept, one line per
-  strategy and one panel per metric. Strategies get their own colour and marker and are
+  strategy and one panel per metric; with several SSL methods one row of panels per method
+  (a strategy keeps its colour across rows). Strategies get their own colour and marker and are
   shifted by a small x offset (:data:`X_OFFSET` percentage points apart), so lines that lie
   on each other stay visible; error bars are the std over seeds (when a cell has several).
   Full data is a dashed line with the tolerance as a thin band around it. The y axis spans
@@ -61,42 +62,57 @@ def y_limits(values: Sequence[float]) -> tuple[float, float]:
 
 def accuracy_plot(cells: pd.DataFrame, path: str, *, title: str, tolerance: float) -> None:
     """Accuracy vs % of the pool kept (see the module docstring); ``cells`` as in
-    :class:`~sas_ray.analysis.report.Report`."""
+    :class:`~sas_ray.analysis.report.Report` (its ``method`` column, when there is one, picks
+    the row of panels)."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(5.8 * len(METRICS), 4.4), squeeze=False)
+    methods = list(dict.fromkeys(cells["method"])) if "method" in cells else []
+    by_method = [cells[cells["method"] == m] for m in methods] if len(methods) > 1 else [cells]
+    fig, axes = plt.subplots(len(by_method), len(METRICS),
+                             figsize=(5.8 * len(METRICS), 4.4 * len(by_method)), squeeze=False)
     strategies = [s for s in dict.fromkeys(cells["strategy"]) if s != FULL]
     styles = strategy_styles(strategies)
-    full = cells[cells["strategy"] == FULL]
-    for ax, (m, name) in zip(axes[0], METRICS.items(), strict=True):
-        shown: list[float] = []
-        for i, strategy in enumerate(strategies):
-            group = cells[cells["strategy"] == strategy]
-            std = group[f"{m}_std"].fillna(0.0)
-            x = 100 * group["fraction"] + (i - (len(strategies) - 1) / 2) * X_OFFSET
-            ax.errorbar(x, group[f"{m}_mean"], yerr=std if (group["seeds"] > 1).any() else None,
-                        capsize=3, linewidth=1.5, markersize=6, label=strategy,
-                        **styles[strategy])
-            shown += [*(group[f"{m}_mean"] - std), *(group[f"{m}_mean"] + std)]
-        if not full.empty:
-            acc = float(full[f"{m}_mean"].iloc[0])
-            ax.axhline(acc, color=FULL_COLOUR, linestyle="--", linewidth=1,
-                       label=f"full data ({acc:.1f})")
-            ax.axhspan(acc - tolerance, acc + tolerance, color="grey", alpha=0.25, linewidth=0,
-                       label=f"full data ± {tolerance:g} points")
-            shown.append(acc)
-        ax.set_ylim(*y_limits(shown))
-        ax.set_xlabel("% of the training pool kept")
-        ax.set_ylabel(f"{name} test accuracy (%)")
-        ax.set_title(name)
-        ax.grid(alpha=0.3)
-        if cells.empty:
-            ax.text(0.5, 0.5, "no finished trials yet", ha="center", transform=ax.transAxes)
-        else:
-            ax.legend(fontsize="small")
+    for row, panel_cells in zip(axes, by_method, strict=True):
+        method = str(panel_cells["method"].iloc[0]) if len(by_method) > 1 else ""
+        for ax, m in zip(row, METRICS, strict=True):
+            _accuracy_panel(ax, panel_cells, m, method, strategies, styles, tolerance)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _accuracy_panel(ax: Any, cells: pd.DataFrame, m: str, method: str,
+                    strategies: Sequence[str], styles: Mapping[str, Mapping[str, Any]],
+                    tolerance: float) -> None:
+    """One panel: metric ``m`` of ``cells`` (those of ``method``; "": the only one)."""
+    name = METRICS[m]
+    full = cells[cells["strategy"] == FULL]
+    shown: list[float] = []
+    for i, strategy in enumerate(strategies):
+        group = cells[cells["strategy"] == strategy]
+        if group.empty:
+            continue
+        std = group[f"{m}_std"].fillna(0.0)
+        x = 100 * group["fraction"] + (i - (len(strategies) - 1) / 2) * X_OFFSET
+        ax.errorbar(x, group[f"{m}_mean"], yerr=std if (group["seeds"] > 1).any() else None,
+                    capsize=3, linewidth=1.5, markersize=6, label=strategy, **styles[strategy])
+        shown += [*(group[f"{m}_mean"] - std), *(group[f"{m}_mean"] + std)]
+    if not full.empty:
+        acc = float(full[f"{m}_mean"].iloc[0])
+        ax.axhline(acc, color=FULL_COLOUR, linestyle="--", linewidth=1,
+                   label=f"full data ({acc:.1f})")
+        ax.axhspan(acc - tolerance, acc + tolerance, color="grey", alpha=0.25, linewidth=0,
+                   label=f"full data ± {tolerance:g} points")
+        shown.append(acc)
+    ax.set_ylim(*y_limits(shown))
+    ax.set_xlabel("% of the training pool kept")
+    ax.set_ylabel(f"{name} test accuracy (%)")
+    ax.set_title(f"{name}, {method}" if method else name)
+    ax.grid(alpha=0.3)
+    if cells.empty:
+        ax.text(0.5, 0.5, "no finished trials yet", ha="center", transform=ax.transAxes)
+    else:
+        ax.legend(fontsize="small")
 
 
 def curves_plot(curves: Mapping[tuple[str, float, int], Sequence[Mapping[str, Any]]],

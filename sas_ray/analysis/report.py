@@ -4,7 +4,12 @@ Input is one :class:`~sas_ray.analysis.records.TrialRecord` per trial, read from
 artifact and the trials' stored results (:func:`~sas_ray.analysis.records.read_sweep`), so
 the Ray and the local executor give the same report. Output is a :class:`Report`:
 
-* ``cells``: one row per (strategy, fraction) with, over seeds, mean and sample std of the
+Every table has a ``method`` column, the SSL method the trials trained with; the statistics
+are per method (a strategy is compared with random and full data of its own method), and the
+rendered tables, sentences and plots name the method only when the sweep has several
+(``sweep.methods``).
+
+* ``cells``: one row per (method, strategy, fraction) with, over seeds, mean and sample std of the
   linear-probe and kNN test accuracy (percent), the gap to ``random`` at the same
   fraction and the gap to full-data training (``strategy="full"``, fraction 1.0); where the
   shards tag example kinds (:mod:`sas_ray.analysis.kinds`), the percent of the pool's
@@ -74,6 +79,17 @@ KEPT = {group: f"{group}_kept" for group in kinds_mod.GROUPS}  # cells columns, 
 Curves = dict[tuple[str, float, int], list[dict[str, Any]]]
 
 
+def named(strategy: str, method: str, several: bool) -> str:
+    """How sentences and plots name a strategy trained with ``method``: ``sas (byol)``, or
+    ``sas`` when the sweep has one method."""
+    return f"{strategy} ({method})" if several else strategy
+
+
+def trial_name(r: TrialRecord, several: bool) -> str:
+    """``sas f=0.30 seed=0`` (``sas (byol) f=0.30 seed=0`` with several methods)."""
+    return f"{named(r.strategy, r.method, several)} f={r.fraction:.2f} seed={r.seed}"
+
+
 @dataclass
 class Report:
     """Aggregated sweep results (see the module docstring for the columns)."""
@@ -92,6 +108,11 @@ class Report:
     kinds: dict[str, np.ndarray] = field(default_factory=dict)  # see analysis.kinds
     curves: Curves = field(default_factory=dict)  # (strategy, fraction, seed) -> history
     galleries: dict[str, tuple[str, float]] = field(default_factory=dict)  # -> ranking, f
+    methods: list[str] = field(default_factory=list)  # the SSL methods, in sweep order
+
+    @property
+    def several_methods(self) -> bool:
+        return len(self.methods) > 1
 
     @property
     def full(self) -> pd.Series | None:
@@ -104,21 +125,33 @@ def summarize(records: Sequence[TrialRecord], *, tolerance: float = 0.5,
               metric: str = "linear_acc", kinds: kinds_mod.Kinds | None = None,
               stages: costs.Stages | None = None) -> Report:
     """Aggregate finished trials over seeds; test every strategy against random; list failed
-    and unfinished trials. Strategies keep the order in which ``records`` first name them.
-    ``kinds`` (id lists per example kind) adds the kept-share columns, ``stages`` (the
-    pipeline's record) the selection time."""
+    and unfinished trials; per SSL method (``method`` columns). Methods and strategies keep
+    the order in which ``records`` first name them. ``kinds`` (id lists per example kind)
+    adds the kept-share columns, ``stages`` (the pipeline's record) the selection time."""
     if metric not in METRICS:
         raise SasRayError(f"analyze.metric '{metric}' is unknown; use one of {', '.join(METRICS)}")
     done = [r for r in records if r.finished]
     failed = [r for r in records if r.status == "failed"]
-    missing = [f"{r.strategy} f={r.fraction:.2f} seed={r.seed} ({r.status})"
+    methods = list(dict.fromkeys(r.method for r in records)) or [""]
+    missing = [f"{trial_name(r, len(methods) > 1)} ({r.status})"
                for r in records if not r.finished and r.status != "failed"]
     order = list(dict.fromkeys(r.strategy for r in records))
-    cells = _aggregate(done, order)
+    parts = {m: [r for r in done if r.method == m] for m in methods}
+    cells = _per_method({m: _aggregate(d, order) for m, d in parts.items()})
     _add_cell_columns(cells, done, kinds or {}, stages)
-    return Report(cells=cells, savings=_savings(cells, metric, tolerance), tests=_tests(done),
+    savings = _per_method({m: _savings(cells[cells["method"] == m], metric, tolerance)
+                           for m in methods})
+    return Report(cells=cells, savings=savings,
+                  tests=_per_method({m: _tests(d) for m, d in parts.items()}),
                   failed=failed, missing=missing, tolerance=tolerance, metric=metric,
-                  finished=len(done), kinds=dict(kinds or {}))
+                  finished=len(done), kinds=dict(kinds or {}), methods=methods)
+
+
+def _per_method(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One frame per method stacked in order, with a leading ``method`` column."""
+    out = [f.assign(method=m)[["method", *(c for c in f.columns if c != "method")]]
+           for m, f in frames.items()]
+    return pd.concat([f for f in out if not f.empty] or out[:1], ignore_index=True)
 
 
 def _add_cell_columns(cells: pd.DataFrame, done: Sequence[TrialRecord], kinds: kinds_mod.Kinds,
@@ -277,20 +310,22 @@ def _seconds(x: float) -> str:
 
 
 def table_rows(report: Report) -> tuple[list[str], list[list[str]]]:
-    """Headers and formatted rows of the strategy x fraction table (the kept-share and
-    selection columns only where some cell has them)."""
+    """Headers and formatted rows of the strategy x fraction table (the method column only
+    with several methods, the kept-share and selection columns only where some cell has
+    them)."""
     cells = report.cells
     extra = [(f"{group} kept", column, _pct) for group, column in KEPT.items()
              if column in cells and cells[column].notna().any()]
     if SELECTION in cells and cells[SELECTION].notna().any():
         extra.append(("select s", SELECTION, _seconds))
-    headers = ["strategy", "fraction", "seeds"]
+    method = ["method"] if report.several_methods else []
+    headers = ["strategy", *method, "fraction", "seeds"]
     for name in METRICS.values():
         headers += [f"{name} %", "vs random", "vs full"]
     headers += ["train s", *(h for h, _, _ in extra)]
     rows = []
     for c in cells.to_dict("records"):
-        row = [c["strategy"], f"{c['fraction']:.2f}", str(c["seeds"])]
+        row = [c["strategy"], *(c[k] for k in method), f"{c['fraction']:.2f}", str(c["seeds"])]
         for m in METRICS:
             row += [_acc(c[f"{m}_mean"], c[f"{m}_std"]), _gap(c[f"{m}_gap_random"]),
                     _gap(c[f"{m}_gap_full"])]
@@ -310,8 +345,9 @@ def savings_lines(report: Report) -> list[str]:
                 "with sweep.include_full true)"]
     lines = []
     for s in report.savings.to_dict("records"):
+        strategy = named(s["strategy"], s["method"], report.several_methods)
         if math.isnan(s["fraction"]):
-            lines.append(f"{s['strategy']}: no fraction is within {tol:g} points of full data "
+            lines.append(f"{strategy}: no fraction is within {tol:g} points of full data "
                          f"({s[full_acc]:.1f}% {name}); closest: {s['closest_fraction']:.0%} "
                          f"of the data at {s['closest_gap']:+.1f} points")
             continue
@@ -320,7 +356,7 @@ def savings_lines(report: Report) -> list[str]:
                   else f"{s[SELECTION]:.0f} s to select")
         saved = s["time_saved_pct"]
         verdict = f"{saved:.0f}% saved" if saved >= 0 else f"{-saved:.0f}% more"
-        lines.append(f"{s['strategy']}: keep {s['fraction']:.0%} of the data (drop "
+        lines.append(f"{strategy}: keep {s['fraction']:.0%} of the data (drop "
                      f"{s['data_dropped']:.0%}) for {s[acc]:.1f}% {name}, {s['gap']:+.1f} "
                      f"points vs {s[full_acc]:.1f}% on full data{within}; time "
                      f"{s['train_time_s']:.0f} s training + {select} = {s['total_time_s']:.0f} "
@@ -346,9 +382,11 @@ def _p(x: float) -> str:
 
 def test_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     """Headers and rows of the strategy - random tests."""
-    headers = ["strategy", "fraction", "metric", "gap", "Welch p", "paired p", "seeds"]
-    rows = [[t["strategy"], f"{t['fraction']:.2f}", METRICS[t["metric"]], _gap(t["gap"]),
-             _p(t["welch_p"]), _p(t["paired_p"]), f"{t['seeds']} / {t['random_seeds']}"]
+    method = ["method"] if report.several_methods else []
+    headers = ["strategy", *method, "fraction", "metric", "gap", "Welch p", "paired p", "seeds"]
+    rows = [[t["strategy"], *(t[k] for k in method), f"{t['fraction']:.2f}",
+             METRICS[t["metric"]], _gap(t["gap"]), _p(t["welch_p"]), _p(t["paired_p"]),
+             f"{t['seeds']} / {t['random_seeds']}"]
             for t in report.tests.to_dict("records")]
     return headers, rows
 
@@ -362,7 +400,7 @@ def agreement_rows(report: Report) -> tuple[list[str], list[list[str]]]:
 
 
 def problem_lines(report: Report) -> list[str]:
-    lines = [f"FAILED {r.strategy} f={r.fraction:.2f} seed={r.seed}: {r.error}"
+    lines = [f"FAILED {trial_name(r, report.several_methods)}: {r.error}"
              for r in report.failed]
     lines += [f"missing {m}" for m in report.missing]
     return lines
@@ -415,14 +453,16 @@ AGREEMENT_NOTE = ("Spearman's rho between a ranking's within-class position and 
 # ---------------------------------------------------------------------------- reading
 def read_curves(records: Sequence[TrialRecord]) -> Curves:
     """(strategy, fraction, seed) -> the per-epoch history (``epoch``, ``loss``) of every
-    finished trial whose run directory still holds its ``metrics.json``."""
+    finished trial whose run directory still holds its ``metrics.json`` (the strategy
+    :func:`named` with its method when there are several)."""
+    several = len({r.method for r in records}) > 1
     out: Curves = {}
     for r in records:
         uri = storage.join(r.run, "metrics.json") if r.finished and r.run else None
         if uri is None or not storage.exists(uri):
             continue
         history = storage.read_json(uri).get("history", [])
-        out[(r.strategy, round(r.fraction, 6), r.seed)] = [
+        out[(named(r.strategy, r.method, several), round(r.fraction, 6), r.seed)] = [
             {"epoch": int(h["epoch"]), "loss": float(h["loss"])} for h in history
             if "epoch" in h and "loss" in h]
     return out

@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sas_ray.analysis import report as report_mod
 from sas_ray.analysis.costs import selection_seconds
 from sas_ray.analysis.kinds import kept_shares
-from sas_ray.analysis.plots import y_limits
+from sas_ray.analysis.plots import accuracy_plot, y_limits
 from sas_ray.analysis.records import TrialRecord, read_sweep
 from sas_ray.analysis.report import (
     CURVES_FILE,
@@ -25,6 +26,7 @@ from sas_ray.analysis.report import (
     render,
     report_files,
     summarize,
+    table_rows,
     write_report,
 )
 from sas_ray.analysis.stats import average_ranks, paired, spearman, t_pvalue, welch
@@ -175,7 +177,8 @@ def write_sweep(root: Path, records: list[TrialRecord],
     for r in records:
         result = str(root / "runs" / r.name / "result")
         cell = {"strategy": r.strategy, "latent": None if r.strategy in ("full", "random")
-                else latent(r), "fraction": r.fraction}
+                else latent(r), "fraction": r.fraction, **({"method": r.method} if r.method
+                                                         else {})}
         if r.finished:
             with storage.write_artifact(result, "trial", config=cell, seed=r.seed) as w:
                 storage.write_json_atomic(f"{w.dir}/result.json", r.metrics)
@@ -211,6 +214,69 @@ def test_several_latent_methods_are_labelled(tmp_path: Path) -> None:
                       lambda r: "kmeans" if r.fraction == 0.6 else "labels")
     assert {r.strategy for r in read_sweep(two)} == {"sas/labels", "sas/kmeans", "random",
                                                      "full"}
+
+
+# byol: simclr's accuracies 10 points lower, sas's gain over random smaller
+ACC_BYOL = {("sas", 0.3): [62.0, 64.0], ("sas", 0.6): [67.0, 69.0],
+            ("random", 0.3): [60.0, 62.0], ("random", 0.6): [64.0, 66.0],
+            ("full", 1.0): [70.0, 70.0]}
+
+
+def with_method(records: list[TrialRecord], method: str) -> list[TrialRecord]:
+    for r in records:
+        r.method, r.name = method, f"{r.name}-{method}"
+    return records
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    head = path.read_bytes()[16:24]
+    return int.from_bytes(head[:4], "big"), int.from_bytes(head[4:], "big")
+
+
+def test_ssl_methods_are_grouped(tmp_path: Path) -> None:
+    """Two SSL methods: cells, tests and savings per method, each strategy compared with the
+    random and full-data trials of its own method; the method is named in the tables, the
+    sentences, the problems and the plot (a row of panels per method). One method alone
+    renders as a sweep from before sweep.methods."""
+    byol = with_method([record(s, f, seed, acc) for (s, f), accs in ACC_BYOL.items()
+                        for seed, acc in enumerate(accs)], "byol")
+    records = [*with_method(all_records(), "simclr"), *byol,
+               with_method([record("sas", 0.6, 2, status="failed", error="OSError: x")],
+                           "byol")[0]]
+    uri = write_sweep(tmp_path / "run", records)
+    assert [r.method for r in read_sweep(uri)] == [r.method for r in records]
+    report = analyze(uri)
+    assert report.methods == ["simclr", "byol"]
+    cells = report.cells.set_index(["method", "strategy", "fraction"])
+    assert list(report.cells["method"]) == ["simclr"] * 5 + ["byol"] * 5
+    assert cells.loc[("simclr", "sas", 0.3), "linear_acc_gap_random"] == pytest.approx(6.0)
+    assert cells.loc[("byol", "sas", 0.3), "linear_acc_gap_random"] == pytest.approx(2.0)
+    assert cells.loc[("byol", "sas", 0.3), "linear_acc_gap_full"] == pytest.approx(-7.0)
+    assert cells.loc[("byol", "sas", 0.6), "seeds"] == 2
+    tests = report.tests.set_index(["method", "strategy", "fraction", "metric"])
+    assert tests.loc[("byol", "sas", 0.3, "linear_acc"), "gap"] == pytest.approx(2.0)
+    assert tests.loc[("byol", "sas", 0.3, "linear_acc"), "welch_df"] == 2
+    assert tests.loc[("simclr", "sas", 0.3, "linear_acc"), "gap"] == pytest.approx(6.0)
+    savings = report.savings.set_index(["method", "strategy"])
+    assert savings.loc[("simclr", "sas"), "fraction"] == pytest.approx(0.6)
+    assert math.isnan(savings.loc[("byol", "sas"), "fraction"])  # 68 vs 70: not within 0.5
+    text = render(report)
+    assert "sas (simclr): keep 60% of the data" in text
+    assert "sas (byol): no fraction is within 0.5 points of full data (70.0% linear probe)" in text
+    assert "FAILED sas (byol) f=0.60 seed=2: OSError: x" in text
+    headers, rows = table_rows(report)
+    assert headers[:3] == ["strategy", "method", "fraction"] and rows[5][:2] == ["sas", "byol"]
+    assert report_mod.test_rows(report)[0][:2] == ["strategy", "method"]
+    accuracy_plot(report.cells, str(tmp_path / "two.png"), title="t", tolerance=0.5)
+
+    simclr = [r for r in records if r.method == "simclr"]
+    alone = summarize(simclr)
+    assert render(alone) == render(summarize(all_records()))
+    assert "method" not in table_rows(alone)[0] and "(simclr)" not in render(alone)
+    assert list(alone.cells["method"]) == ["simclr"] * 5
+    accuracy_plot(alone.cells, str(tmp_path / "one.png"), title="t", tolerance=0.5)
+    (w1, h1), (w2, h2) = png_size(tmp_path / "one.png"), png_size(tmp_path / "two.png")
+    assert w1 == w2 and h2 == 2 * h1
 
 
 def test_write_report_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
