@@ -190,6 +190,13 @@ def console(command: str, storage_root: str, verbose: bool) -> Iterator[str]:
     env = {k: os.environ.get(k) for k in ENV}
     root = logging.getLogger()
     level = root.level
+    # Ray's loggers ("ray", and "ray.data" once Ray Data ran) write through handlers of their
+    # own and do not propagate; while the block runs their records go through ours instead
+    # (to the log file; live with -v)
+    ray_loggers = {logger: (list(logger.handlers), logger.propagate)
+                   for name, logger in logging.root.manager.loggerDict.items()
+                   if isinstance(logger, logging.Logger) and logger.handlers
+                   and (name == "ray" or name.startswith("ray."))}
     with open(path, "a", buffering=1, encoding="utf-8", errors="replace") as log:
         out = Router(_terminal_stream(sys.stdout, 1), log, verbose)
         err = Router(_terminal_stream(sys.stderr, 2), log, verbose)
@@ -200,6 +207,8 @@ def console(command: str, storage_root: str, verbose: bool) -> Iterator[str]:
         if not verbose:
             os.environ.update(ENV)
         sys.stdout, sys.stderr = out, err
+        for logger in ray_loggers:
+            logger.handlers, logger.propagate = [], True
         try:
             with _native_output_to(log):
                 logging.getLogger(__name__).info("log: %s", path)
@@ -210,6 +219,8 @@ def console(command: str, storage_root: str, verbose: bool) -> Iterator[str]:
                     stream.line(stream.pending)
                 stream.flush()
             sys.stdout, sys.stderr = saved
+            for logger, (own, propagate) in ray_loggers.items():
+                logger.handlers, logger.propagate = own, propagate
             for h in handlers:
                 root.removeHandler(h)
             root.setLevel(level)
