@@ -10,8 +10,9 @@ host, pid, a random token) and a heartbeat time that a background thread refresh
 - S3: a conditional PUT (``If-None-Match: *``), which S3 refuses with 412 when the key exists.
 
 A second writer fails at once with one line naming the holder (or waits up to ``wait_s``).
-A lease is *stale*, and is taken over, when its heartbeat is older than ``timeout_s`` or when
-its holder is a process on this host that no longer exists. Take-over deletes the stale file
+A lease is *stale*, and is taken over, when its heartbeat is older than ``timeout_s``, when
+its holder is a process on this host that no longer exists, or when it is this very process's
+but no longer held (a write that failed while storage was unreachable cannot remove it). Take-over deletes the stale file
 and retries the exclusive create, so of two writers that both find the same stale lease only
 one gets it.
 """
@@ -36,6 +37,9 @@ from sas_ray.io import fs as storage
 LEASE_FILE = ".lease.json"
 TIMEOUT_S = 120.0  # a heartbeat older than this marks the holder as gone
 POLL_S = 0.5
+
+
+_HELD: set[str] = set()  # tokens of the leases this process holds
 
 
 class LeaseHeldError(SasRayError):
@@ -93,7 +97,10 @@ def describe(record: dict[str, Any]) -> str:
 def is_stale(record: dict[str, Any], timeout_s: float) -> bool:
     if time.time() - float(record.get("heartbeat", 0)) > timeout_s:
         return True
-    return record.get("host") == socket.gethostname() and not _pid_alive(int(record["pid"]))
+    if record.get("host") != socket.gethostname():
+        return False
+    pid = int(record["pid"])
+    return not _pid_alive(pid) or (pid == os.getpid() and record.get("token") not in _HELD)
 
 
 @dataclass
@@ -106,6 +113,7 @@ class Lease:
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
+        _HELD.add(self.record["token"])
         threading.Thread(target=self._beat, daemon=True, name="sas-ray-lease").start()
 
     def _beat(self) -> None:
@@ -129,6 +137,7 @@ class Lease:
 
     def release(self) -> None:
         self._stop.set()
+        _HELD.discard(self.record["token"])
         with contextlib.suppress(Exception):
             if self.holds():
                 storage.delete(self.path)

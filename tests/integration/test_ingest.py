@@ -23,9 +23,13 @@ pytestmark = pytest.mark.usefixtures("ray_session")
 
 
 def _cfg(shard_size: int = 4096, on_corrupt: str = "fail") -> Config:
+    """Ingest settings; synthetic data curated as in the ``synthetic_shards`` fixture (4
+    classes of 64 train + 16 test images, ids: train 0-255, test 256-319)."""
     cfg = Config()
-    cfg.data.shard_size = shard_size
-    cfg.data.on_corrupt = on_corrupt
+    d = cfg.data
+    d.shard_size, d.on_corrupt = shard_size, on_corrupt
+    d.synthetic_classes, d.synthetic_train_per_class, d.synthetic_test_per_class = 4, 64, 16
+    d.synthetic_imbalance, d.synthetic_duplicates, d.synthetic_junk = 1.0, 0.0, 0.0
     return cfg
 
 
@@ -55,7 +59,8 @@ def test_planned_batches_cut_each_file_and_cover_the_split(tmp_path: Path) -> No
     """Shards of 100 rows (the third holds train ids 200-255 and test ids 256-299): batches
     of at most 48 consecutive train ids, none across files, every train id once."""
     out = str(tmp_path / "shards")
-    ingest("synthetic", out, _cfg(shard_size=100), executor=LocalExecutor(_cfg()))
+    cfg = _cfg(shard_size=100)
+    ingest("synthetic", out, cfg, executor=LocalExecutor(cfg))
     filesystem, batches = shards.plan_batches(out, "train", 48)
     assert [b.rows for b in batches] == [48, 48, 4, 48, 48, 4, 48, 8]
     assert len({b.path for b in batches}) == 3

@@ -134,7 +134,7 @@ def test_gpu_replication_command_runs_without_ray(cifar_like_tar: Path, tmp_path
 
     done = run()
     assert done.returncode == 0, done.stderr[-3000:]
-    log = done.stderr
+    log = done.stdout + done.stderr  # stage lines reach the terminal on stdout
     assert "on the local executor" in log and "stage pool: ran" in log
     records = read_sweep(str(tmp_path / "rep" / "sweep"))
     # full data and random once; sas and forgetting-least under each latent method
@@ -149,7 +149,8 @@ def test_gpu_replication_command_runs_without_ray(cifar_like_tar: Path, tmp_path
 
     again = run()  # everything is stored: nothing reruns
     assert again.returncode == 0, again.stderr[-3000:]
-    assert " ran in " not in again.stderr and "stage sweep: cached" in again.stderr
+    log = again.stdout + again.stderr
+    assert " ran in " not in log and "stage sweep: cached" in log
 
 
 def test_bad_sweep_settings_fail_before_any_work(tmp_path: Path,

@@ -115,3 +115,12 @@ def test_two_concurrent_ingests_leave_one_complete_artifact(tmp_path: Path) -> N
     assert rows == {"train": 1600, "test": 200}
     assert {k: v["images"] for k, v in manifest["meta"]["splits"].items()} == rows
     assert not os.path.exists(Path(out) / lease.LEASE_FILE)
+
+
+def test_a_lease_this_process_no_longer_holds_is_taken_over(tmp_path: Path) -> None:
+    """A write that failed while storage was unreachable leaves its lease file behind; the
+    same process's next write takes it over instead of waiting for the timeout."""
+    import socket
+
+    _plant(str(tmp_path / "art"), host=socket.gethostname(), pid=os.getpid(), token="old")
+    lease.acquire(str(tmp_path / "art")).release()
