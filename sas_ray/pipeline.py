@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sas_ray.analysis.records import METRICS, read_sweep
-from sas_ray.analysis.report import PAGE_FILE, analyze, render, report_files
+from sas_ray.analysis.report import PAGE_FILE, analyze, render, report_files, trial_name
 from sas_ray.config import Config
 from sas_ray.core.models.encoders import EncoderRef
 from sas_ray.errors import SasRayError
@@ -402,9 +402,10 @@ def status_lines(root: str) -> list[str]:
         counts = Counter(r.status for r in records)
         summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
         lines.append(f"sweep trials ({len(records)}): {summary or 'none'}")
-        lines += [f"  FAILED {r.strategy} f={r.fraction:.2f} seed={r.seed}: {r.error}"
+        several = len({r.method for r in records}) > 1
+        lines += [f"  FAILED {trial_name(r, several)}: {r.error}"
                   for r in records if r.status == "failed"]
-        lines += [f"  {r.status} {r.strategy} f={r.fraction:.2f} seed={r.seed}"
+        lines += [f"  {r.status} {trial_name(r, several)}"
                   for r in records if not r.finished and r.status != "failed"]
     if storage.read_manifest(layout.report) is not None:
         files = report_files(layout.report)
