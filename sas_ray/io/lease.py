@@ -12,9 +12,9 @@ host, pid, a random token) and a heartbeat time that a background thread refresh
 A second writer fails at once with one line naming the holder (or waits up to ``wait_s``).
 A lease is *stale*, and is taken over, when its heartbeat is older than ``timeout_s``, when
 its holder is a process on this host that no longer exists, or when it is this very process's
-but no longer held (a write that failed while storage was unreachable cannot remove it). Take-over deletes the stale file
-and retries the exclusive create, so of two writers that both find the same stale lease only
-one gets it.
+but no longer held (a write that failed while storage was unreachable cannot remove it).
+Take-over deletes the stale file and retries the exclusive create, so of two writers that both
+find the same stale lease only one gets it.
 """
 
 from __future__ import annotations
