@@ -6,6 +6,7 @@ budget."""
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 from sas_ray import config
 from sas_ray.analysis.records import read_sweep
 from sas_ray.config import Config
+from sas_ray.core.methods import METHODS
 from sas_ray.errors import SasRayError
 from sas_ray.executors.local import LocalExecutor
 from sas_ray.executors.ray.tune import max_concurrent_trials
@@ -162,6 +164,7 @@ def test_ssl_methods_are_a_sweep_axis() -> None:
     assert [t["run"] == "/x/proxy-run/ab" for t in trials] == [True] + [False] * 9
     with pytest.raises(config.ConfigError, match=r"'sweep\.methods': 'byl' is not allowed"):
         small_cfg(**{"sweep.methods": "simclr,byl"})
+    assert set(typing.get_args(config.MethodName)) == set(METHODS)  # the names load allows
 
 
 def test_a_trial_trains_with_its_method(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
