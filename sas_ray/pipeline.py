@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sas_ray.analysis.records import METRICS, read_sweep
+from sas_ray.analysis.records import read_sweep
 from sas_ray.analysis.report import PAGE_FILE, analyze, render, report_files, trial_name
 from sas_ray.config import Config
 from sas_ray.core.models.encoders import EncoderRef
@@ -59,11 +59,11 @@ from sas_ray.stages.sweep import (
     raise_if_incomplete,
     ranking_uri,
     run_sweep,
-    seeds_of,
     summary_lines,
     sweep_fingerprint,
     sweep_spec,
 )
+from sas_ray.validate import validate
 
 log = logging.getLogger(__name__)
 
@@ -304,27 +304,11 @@ def report_stage(cfg: Config, layout: Layout, state: State, sweep_fp: str,
 
 
 # ---------------------------------------------------------------------------- driver
-def check_config(cfg: Config) -> None:
-    """Fail on bad sweep/selection/report settings before any stage runs."""
-    from sas_ray.core.selection.registry import get_selector
-
-    check_fractions(cfg.sweep.fractions)
-    seeds_of(cfg)
-    for strategy in cfg.select.strategies:
-        get_selector(strategy)
-    if not cfg.select.strategies and not cfg.sweep.include_full:
-        raise SasRayError("nothing to sweep: select.strategies is empty and sweep.include_full "
-                          "is false; name a strategy, e.g. --select.strategies sas,random")
-    if cfg.analyze.metric not in METRICS:
-        raise SasRayError(f"analyze.metric '{cfg.analyze.metric}' is unknown; use one of "
-                          f"{', '.join(METRICS)}")
-
-
 def run_pipeline(cfg: Config) -> Layout:
     """Run every stage (reusing up-to-date outputs); print the report; return the layout."""
     from sas_ray.stages.embed import embed
 
-    check_config(cfg)
+    validate(cfg, ("all", "sweep", "pipeline"))  # as the CLI does, for Python callers too
     layout = Layout(cfg.run.storage)
     storage.check_writable(layout.root)
     state = State(layout)
