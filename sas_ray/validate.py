@@ -23,7 +23,7 @@ import difflib
 import os
 from collections.abc import Callable, Collection
 
-from sas_ray.config import Config, ConfigError
+from sas_ray.config import Config, ConfigError, from_dict
 
 Check = Callable[[Config], None]
 CHECKS: list[tuple[str, Check]] = []  # (scope, check), run in this order
@@ -77,6 +77,13 @@ def outlives_job(what: str, path: str) -> None:
 
 
 # ---------------------------------------------------------------------------- all
+@check("all")
+def values_as_at_load(cfg: Config) -> None:
+    """The load-time checks (types, enumerations, bounds) again, for a config built or
+    changed in code rather than read by :func:`sas_ray.config.load`."""
+    from_dict(cfg.to_dict())
+
+
 @check("all")
 def strategies_exist(cfg: Config) -> None:
     from sas_ray.core.selection.registry import SELECTORS
