@@ -23,6 +23,9 @@ rendered tables, sentences and plots name the method only when the sweep has sev
   minus the subset's training time *and* its selection time (proxy, embeddings, ranking);
 * ``agreement``: optionally (:func:`forgetting_agreement`), Spearman's rho between a
   ranking's within-class order and the forgetting counts of a forgetting ranking;
+* ``machines``: where the finished trials ran (host, CPU, cores, accelerator), when, and the
+  1-minute load average before and after their training (:mod:`sas_ray.core.machine`), so
+  every time in the report can be read against its hardware and load;
 * failed trials (with their error line) and trials that have no result yet, so a
   partially finished sweep is reported for what it is;
 * for the pictures: every trial's training loss per epoch, and per strategy the ranking
@@ -73,7 +76,8 @@ PLOT_FILE = "accuracy_vs_fraction.png"
 CURVES_FILE = "training_curves.png"
 PAGE_FILE = "index.html"
 TEST_COLUMNS = ["strategy", "fraction", "metric", "gap", "welch_t", "welch_df", "welch_p",
-                "paired_t", "paired_p", "pairs", "seeds", "random_seeds"]
+                "paired_gap", "paired_low", "paired_high", "paired_t", "paired_p", "pairs",
+                "seeds", "random_seeds"]
 SELECTION = "selection_s"  # cells column: seconds spent selecting the subset
 KEPT = {group: f"{group}_kept" for group in kinds_mod.GROUPS}  # cells columns, percent
 Curves = dict[tuple[str, float, int], list[dict[str, Any]]]
@@ -109,6 +113,7 @@ class Report:
     curves: Curves = field(default_factory=dict)  # (strategy, fraction, seed) -> history
     galleries: dict[str, tuple[str, float]] = field(default_factory=dict)  # -> ranking, f
     methods: list[str] = field(default_factory=list)  # the SSL methods, in sweep order
+    machines: list[dict[str, Any]] = field(default_factory=list)  # see machines_of
 
     @property
     def several_methods(self) -> bool:
@@ -144,7 +149,28 @@ def summarize(records: Sequence[TrialRecord], *, tolerance: float = 0.5,
     return Report(cells=cells, savings=savings,
                   tests=_per_method({m: _tests(d) for m, d in parts.items()}),
                   failed=failed, missing=missing, tolerance=tolerance, metric=metric,
-                  finished=len(done), kinds=dict(kinds or {}), methods=methods)
+                  finished=len(done), kinds=dict(kinds or {}), methods=methods,
+                  machines=machines_of(done))
+
+
+def machines_of(done: Sequence[TrialRecord]) -> list[dict[str, Any]]:
+    """Per machine (host, CPU, cores, accelerator) the finished trials ran on: ``trials``,
+    ``first`` and ``last`` finish times and the range of the 1-minute load before and after
+    each training (``load_before`` / ``load_after``: (min, max)). Trials from before machines
+    were recorded are left out."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in done:
+        m = r.metrics.get("machine")
+        if m:
+            groups.setdefault((m["host"], m["cpu"], m["cores"], m["accelerator"]), []).append(m)
+    out = []
+    for (host, cpu, n, accelerator), ms in groups.items():
+        loads = {k: [m[k] for m in ms if m[k] is not None] for k in ("load_before", "load_after")}
+        out.append({"host": host, "cpu": cpu, "cores": n, "accelerator": accelerator,
+                    "trials": len(ms), "first": min(m["finished"] for m in ms),
+                    "last": max(m["finished"] for m in ms),
+                    **{k: (min(v), max(v)) if v else None for k, v in loads.items()}})
+    return out
 
 
 def _per_method(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -186,7 +212,8 @@ def _tests(done: Sequence[TrialRecord]) -> pd.DataFrame:
                        [base[s].metrics[m] for s in common])
             rows.append({"strategy": strategy, "fraction": fraction, "metric": m,
                          "gap": w["gap"], "welch_t": w["t"], "welch_df": w["df"],
-                         "welch_p": w["p"], "paired_t": p["t"], "paired_p": p["p"],
+                         "welch_p": w["p"], "paired_gap": p["gap"], "paired_low": p["low"],
+                         "paired_high": p["high"], "paired_t": p["t"], "paired_p": p["p"],
                          "pairs": p["n"], "seeds": len(by_seed), "random_seeds": len(base)})
     return pd.DataFrame(rows, columns=TEST_COLUMNS)
 
@@ -380,14 +407,33 @@ def _p(x: float) -> str:
     return "-" if math.isnan(x) else f"{x:.3f}"
 
 
+def _interval(low: float, high: float) -> str:
+    return "-" if math.isnan(low) else f"[{low:+.1f}, {high:+.1f}]"
+
+
 def test_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     """Headers and rows of the strategy - random tests."""
     method = ["method"] if report.several_methods else []
-    headers = ["strategy", *method, "fraction", "metric", "gap", "Welch p", "paired p", "seeds"]
+    headers = ["strategy", *method, "fraction", "metric", "gap", "Welch p", "paired gap",
+               "95% CI", "paired p", "seeds"]
     rows = [[t["strategy"], *(t[k] for k in method), f"{t['fraction']:.2f}",
-             METRICS[t["metric"]], _gap(t["gap"]), _p(t["welch_p"]), _p(t["paired_p"]),
+             METRICS[t["metric"]], _gap(t["gap"]), _p(t["welch_p"]), _gap(t["paired_gap"]),
+             _interval(t["paired_low"], t["paired_high"]), _p(t["paired_p"]),
              f"{t['seeds']} / {t['random_seeds']}"]
             for t in report.tests.to_dict("records")]
+    return headers, rows
+
+
+def machine_rows(report: Report) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of where the trials ran."""
+    def span(x: tuple[float, float] | None) -> str:
+        return "-" if x is None else f"{x[0]:.1f} - {x[1]:.1f}"
+
+    headers = ["host", "CPU", "cores", "accelerator", "trials", "finished", "load before",
+               "load after"]
+    rows = [[m["host"], m["cpu"], str(m["cores"]), m["accelerator"] or "none",
+             str(m["trials"]), f"{m['first'][:16]} - {m['last'][:16]}".replace("T", " "),
+             span(m["load_before"]), span(m["load_after"])] for m in report.machines]
     return headers, rows
 
 
@@ -436,6 +482,10 @@ def render(report: Report, markdown: bool = False) -> str:
                 "Spearman rho with forgetting events (positive: prefers unforgettable):"]
         out += ["", AGREEMENT_NOTE, ""] if markdown else []
         out.append(format_table(*agreement_rows(report), markdown))
+    if report.machines:
+        out += ["", "## Where the trials ran" if markdown else "where the trials ran:"]
+        out += ["", MACHINES_NOTE, ""] if markdown else []
+        out.append(format_table(*machine_rows(report), markdown))
     problems = problem_lines(report)
     if problems:
         out += ["", "## Failed or missing trials" if markdown else "failed or missing trials:"]
@@ -445,6 +495,8 @@ def render(report: Report, markdown: bool = False) -> str:
 
 TESTS_NOTE = ("Gap in points at equal fraction; two-sided p of Welch's t-test and of the "
               "paired t-test (same seeds) over seeds.")
+MACHINES_NOTE = ("Finish times in UTC; load: the 1-minute load average before and after each "
+                 "trial's training (above the core count: the trial shared its cores).")
 AGREEMENT_NOTE = ("Spearman's rho between a ranking's within-class position and the "
                   "forgetting events of each example (positive: the ranking prefers "
                   "unforgettable examples).")
@@ -551,6 +603,8 @@ def _write_page(report: Report, path: str, title: str, galleries: dict[str, tupl
         extra.append(("Strategy vs random", TESTS_NOTE, test_rows(report)))
     if report.agreement:
         extra.append(("Agreement with forgetting", AGREEMENT_NOTE, agreement_rows(report)))
+    if report.machines:
+        extra.append(("Where the trials ran", MACHINES_NOTE, machine_rows(report)))
     kept = ("; 'kept' columns: share of the pool's near-duplicates and junk (blank, noise, "
             "off-class images) in the subset" if any(c in report.cells for c in KEPT.values())
             and report.kinds else "")

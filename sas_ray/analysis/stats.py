@@ -4,7 +4,8 @@
   Welch-Satterthwaite degrees of freedom ``(va/na + vb/nb)^2 / ((va/na)^2/(na-1) +
   (vb/nb)^2/(nb-1))`` (v: sample variances, ddof 1).
 * Paired t-test of the differences d_i = a_i - b_i (same seed on both sides):
-  ``t = mean(d) / (sd(d) / sqrt(n))`` with n - 1 degrees of freedom.
+  ``t = mean(d) / (sd(d) / sqrt(n))`` with n - 1 degrees of freedom, and the confidence
+  interval ``mean(d) +- t*_{n-1} sd(d) / sqrt(n)`` (t*: the two-sided critical value).
 * Spearman's rho: the Pearson correlation of average ranks (ties share their mean rank),
   p from ``t = rho sqrt((n - 2) / (1 - rho^2))`` with n - 2 degrees of freedom.
 
@@ -66,6 +67,21 @@ def t_pvalue(t: float, df: float) -> float:
     return betainc(df / 2.0, 0.5, df / (df + t * t))
 
 
+def t_critical(df: float, level: float = 0.95) -> float:
+    """The t* with ``P(|T| > t*) = 1 - level`` for Student's t with ``df`` degrees of freedom:
+    :func:`t_pvalue` falls monotonically in t, so bisection on it (60 halvings of an interval
+    doubled until it brackets t*) gives t* to double precision."""
+    if math.isnan(df) or df <= 0:
+        return NAN
+    alpha, lo, hi = 1.0 - level, 0.0, 1.0
+    while t_pvalue(hi, df) > alpha:
+        lo, hi = hi, 2.0 * hi
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if t_pvalue(mid, df) > alpha else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
 def _t_from(gap: float, se2: float, df: float) -> dict[str, float]:
     """t, df and p for a difference ``gap`` with squared standard error ``se2``."""
     if se2 == 0:
@@ -88,15 +104,19 @@ def welch(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
     return {"gap": gap, **_t_from(gap, float(va + vb), float(df))}
 
 
-def paired(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
+def paired(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict[str, float]:
     """Paired t-test of ``a[i] - b[i]``: ``gap`` (mean difference), ``t``, ``df``, ``p``,
-    ``n`` (NaN statistics with fewer than 2 pairs)."""
+    ``n`` and the ``level`` confidence interval ``low``..``high`` of the mean difference
+    (NaN statistics with fewer than 2 pairs)."""
     d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
     gap = float(d.mean()) if d.size else NAN
     if d.size < 2:
-        return {"gap": gap, "t": NAN, "df": NAN, "p": NAN, "n": int(d.size)}
-    return {"gap": gap, **_t_from(gap, float(d.var(ddof=1) / d.size), float(d.size - 1)),
-            "n": int(d.size)}
+        return {"gap": gap, "t": NAN, "df": NAN, "p": NAN, "n": int(d.size), "low": NAN,
+                "high": NAN}
+    se2, df = float(d.var(ddof=1) / d.size), float(d.size - 1)
+    half = t_critical(df, level) * math.sqrt(se2)
+    return {"gap": gap, **_t_from(gap, se2, df), "n": int(d.size), "low": gap - half,
+            "high": gap + half}
 
 
 def average_ranks(x: np.ndarray) -> np.ndarray:

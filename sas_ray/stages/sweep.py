@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import datetime as dt
 import logging
 import math
 import threading
@@ -52,6 +53,7 @@ from typing import Any
 
 from sas_ray.analysis.records import FINISHED, FULL, TIME_METRIC, TRIALS_FILE
 from sas_ray.config import Config, from_dict, method_settings, result_settings
+from sas_ray.core import machine
 from sas_ray.errors import SasRayError
 from sas_ray.executors.base import Executor, TrialOutcome
 from sas_ray.io import storage
@@ -280,6 +282,7 @@ def train_and_evaluate(executor: Executor, cfg: Config, data: str, cell: Mapping
                                                           data)
     summary = completed_fit(out)
     reused = summary is not None
+    host = machine.describe()
     summary = summary or executor.fit(cfg, data, out, ids, "train")
     start = time.perf_counter()
     ev = evaluate_checkpoint(summary["checkpoint"], data, cfg)
@@ -296,6 +299,9 @@ def train_and_evaluate(executor: Executor, cfg: Config, data: str, cell: Mapping
         "loss": float(summary["metrics"].get("loss", math.nan)),
         "checkpoint": summary["checkpoint"],
         "reused_training": reused,
+        "machine": {**{k: v for k, v in host.items() if k != "load"},
+                    "load_before": host["load"], "load_after": machine.load(),
+                    "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")},
     }
 
 

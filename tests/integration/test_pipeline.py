@@ -26,6 +26,7 @@ import pytest
 from sas_ray import config
 from sas_ray.analysis.records import read_sweep
 from sas_ray.cli import main
+from sas_ray.core import machine
 from sas_ray.io import storage
 from sas_ray.pipeline import State, run_pipeline, status_lines
 
@@ -69,6 +70,9 @@ def test_local_then_ray_pipeline_reuses_every_stage(ray_session: Any, tmp_path: 
     # aliased (the proxy wrote nothing under runs/)
     records = {r.strategy: r.metrics for r in read_sweep(layout.sweep)}
     assert records["full"]["reused_training"] and not records["random"]["reused_training"]
+    where = records["random"]["machine"]  # what the report's "where the trials ran" reads
+    assert where["cores"] == machine.cores() and where["load_before"] >= 0
+    assert "## Where the trials ran" in (tmp_path / "run" / "report" / "table.md").read_text()
     assert not any(p.name == "metrics.json" for p in (tmp_path / "run" / "runs").rglob("*")
                    if "full-" in str(p))
     assert state["sweep"]["trained"] == 1

@@ -29,7 +29,7 @@ from sas_ray.analysis.report import (
     table_rows,
     write_report,
 )
-from sas_ray.analysis.stats import average_ranks, paired, spearman, t_pvalue, welch
+from sas_ray.analysis.stats import average_ranks, paired, spearman, t_critical, t_pvalue, welch
 from sas_ray.cli import main
 from sas_ray.errors import SasRayError
 from sas_ray.io import storage
@@ -90,6 +90,7 @@ def test_strategy_vs_random_tests_per_fraction() -> None:
     t = 6 / math.sqrt(2)
     assert row["welch_p"] == pytest.approx(1 - t / math.sqrt(t * t + 2), rel=1e-9)  # df 2
     assert row["paired_p"] == 0.0 and row["pairs"] == 2
+    assert row["paired_gap"] == row["paired_low"] == row["paired_high"] == pytest.approx(6.0)
     text = render(summarize(all_records()), markdown=True)
     assert "## Strategy vs random" in text and "| sas " in text
 
@@ -103,6 +104,10 @@ def test_t_tests_match_closed_forms() -> None:
     p = paired([70, 72, 75], [64, 66, 74])
     assert p["gap"] == pytest.approx(13 / 3) and p["t"] == pytest.approx(2.6) and p["df"] == 2
     assert p["p"] == pytest.approx(1 - 2.6 / math.sqrt(2.6**2 + 2), rel=1e-9)
+    # its 95% interval: t* of df 2 solves 1 - t / sqrt(t^2 + 2) = 0.05, t*^2 = 2 q^2 / (1 - q^2)
+    q = 0.95
+    half = math.sqrt(2 * q * q / (1 - q * q)) * math.sqrt(25 / 9)
+    assert (p["low"], p["high"]) == pytest.approx((13 / 3 - half, 13 / 3 + half), rel=1e-9)
     # Welch with unequal variances: a = 1, 2, 3 (var 1), b = 10, 20 (var 50):
     # se^2 = 1/3 + 25, df = (76/3)^2 / ((1/3)^2 / 2 + 25^2) = 1.02655...
     w = welch([1, 2, 3], [10, 20])
@@ -110,6 +115,35 @@ def test_t_tests_match_closed_forms() -> None:
     assert w["t"] == pytest.approx(-13 / math.sqrt(se2))
     assert w["df"] == pytest.approx(se2**2 / ((1 / 3) ** 2 / 2 + 25**2))
     assert math.isnan(welch([1.0], [2.0, 3.0])["p"]) and math.isnan(paired([1.0], [2.0])["p"])
+
+
+def test_machines_group_trials_by_host_with_their_load_range() -> None:
+    def on(host: str, accelerator: str | None, load: float, finished: str) -> TrialRecord:
+        r = record("sas", 0.3, 0, 70.0)
+        r.metrics["machine"] = {"host": host, "cpu": "EPYC", "cores": 2,
+                                "accelerator": accelerator, "load_before": load,
+                                "load_after": load + 1, "finished": finished}
+        return r
+
+    done = [on("a", None, 0.5, "2026-12-01T10:00:00+00:00"),
+            on("a", None, 2.5, "2026-12-01T12:00:00+00:00"),
+            on("b", "NVIDIA H200", 0.1, "2026-12-02T09:00:00+00:00"), record("sas", 0.3, 1, 71.0)]
+    a, b = summarize(done).machines
+    assert (a["host"], a["trials"], a["load_before"], a["load_after"]) == ("a", 2, (0.5, 2.5),
+                                                                          (1.5, 3.5))
+    assert (a["first"], a["last"]) == ("2026-12-01T10:00:00+00:00", "2026-12-01T12:00:00+00:00")
+    assert (b["accelerator"], b["trials"]) == ("NVIDIA H200", 1)
+    text = render(summarize(done), markdown=True)
+    assert "0.5 - 2.5" in text and "NVIDIA H200" in text and "## Where the trials ran" in text
+
+
+def test_t_critical_inverts_the_p_value() -> None:
+    # df 1 is Cauchy: t* = tan(pi level / 2); df 4 and 30 from t tables (2.776445, 2.042272)
+    assert t_critical(1, 0.95) == pytest.approx(math.tan(math.pi * 0.95 / 2), rel=1e-9)
+    assert t_critical(1, 0.99) == pytest.approx(math.tan(math.pi * 0.99 / 2), rel=1e-9)
+    assert t_critical(4) == pytest.approx(2.776445, abs=1e-6)
+    assert t_critical(30) == pytest.approx(2.042272, abs=1e-6)
+    assert math.isnan(t_critical(0))
 
 
 def test_spearman_with_ties_matches_a_hand_computation() -> None:

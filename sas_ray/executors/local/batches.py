@@ -6,20 +6,15 @@ groups that hold a batch), so memory holds one batch and at most one output file
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pyarrow as pa
 import torch
 
+from sas_ray.core import machine
 from sas_ray.executors.base import ROWS_PER_FILE, BatchClass, Workers
 from sas_ray.io import shards, storage
 from sas_ray.io.artifacts import write_table
-
-
-def available_cores() -> int:
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def map_batches(fn: BatchClass, fn_kwargs: dict[str, Any], data: str, split: str,
@@ -29,7 +24,7 @@ def map_batches(fn: BatchClass, fn_kwargs: dict[str, Any], data: str, split: str
     ``fn``; ``workers.count`` and ``workers.cpus`` do not apply). Torch's thread count is
     restored afterwards."""
     filesystem, batches = shards.plan_batches(data, split, batch_size)
-    threads = workers.threads or available_cores()
+    threads = workers.threads or machine.cores()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pending: list[pa.Table] = []
     files = 0

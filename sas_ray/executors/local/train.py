@@ -23,12 +23,12 @@ import numpy as np
 import torch
 
 from sas_ray.config import Config
+from sas_ray.core import machine
 from sas_ray.core.methods import build_method
 from sas_ray.core.models.checkpoint import ENCODER_FILE
 from sas_ray.core.seeding import seed_model
 from sas_ray.core.training.loop import Callback, prepare_module
 from sas_ray.errors import SasRayError
-from sas_ray.executors.local.batches import available_cores
 from sas_ray.executors.training import (
     STATE_FILE,
     CheckpointFiles,
@@ -86,7 +86,7 @@ def fit(cfg: Config, data: str, out: str, train_ids: np.ndarray | None = None,
     done = checkpoints(run_dir)
     resume = read_checkpoint(done[-1], device) if done else None
     train_process(cfg, data, out, rows, model, device, _committer(run_dir),
-                  cores=available_cores(), resume=resume, callbacks=callbacks)
+                  cores=machine.cores(), resume=resume, callbacks=callbacks)
     final = checkpoints(run_dir)[-1]
     return write_outputs(out, storage.read_bytes(storage.join(final, ENCODER_FILE)),
                          time.perf_counter() - start)
