@@ -26,9 +26,10 @@ declare -A SLICES=(
                   --sweep.fractions 0.4 --sweep.seeds 0,1,2"
   # how much can be dropped
   [5-fractions]="--sweep.fractions 0.2,0.4,0.6,0.8 --sweep.seeds 0,1,2"
-  # every SSL method
+  # every SSL method (MoCo's queue shorter than the 1,600 images of an epoch at 40%, so that
+  # no image is its own negative)
   [6-methods]="--sweep.methods simclr,moco,byol,simsiam --sweep.fractions 0.4 --sweep.seeds 0,1,2
-               --sweep.include_full false"
+               --sweep.include_full false --method.moco.queue_size 1024"
 )
 ORDER=(1-decisive 2-forgetting 3-latent 4-strategies 5-fractions 6-methods)
 
