@@ -31,7 +31,7 @@ declare -A SLICES=(
   [6-methods]="--sweep.methods simclr,moco,byol,simsiam --sweep.fractions 0.4 --sweep.seeds 0,1,2
                --sweep.include_full false --method.moco.queue_size 1024"
 )
-ORDER=(1-decisive 2-forgetting 3-latent 4-strategies 5-fractions 6-methods)
+ORDER=(1-decisive 2-forgetting 5-fractions 3-latent 4-strategies 6-methods)
 
 for slice in "${@:-${ORDER[@]}}"; do
   # shellcheck disable=SC2086  # the slice's flags split on whitespace
