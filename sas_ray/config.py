@@ -354,6 +354,7 @@ class AnalyzeConfig:
 
     tolerance: float = setting(0.5, ge=0)  # accuracy points from full data that count as "no loss"
     metric: Literal["linear_acc", "knn_acc"] = "linear_acc"  # what data savings are judged by
+    compare: list[str] = setting(factory=list)  # pairs a:b also tested as a - b
 
 
 @dataclass

@@ -94,6 +94,22 @@ def strategies_exist(cfg: Config) -> None:
 
 
 @check("all")
+def comparisons_name_strategies(cfg: Config) -> None:
+    """``analyze.compare``: pairs ``a:b`` of two different strategies the sweep trains (or
+    ``full``), each plain or as ``name/latent-method``."""
+    known = {*cfg.select.strategies, "full"}
+    for pair in cfg.analyze.compare:
+        sides = pair.split(":")
+        if len(sides) != 2 or sides[0] == sides[1] or not all(sides):
+            raise ConfigError(f"config key 'analyze.compare': '{pair}' is not a pair of two "
+                              "strategies; write it as a:b, e.g. "
+                              "forgetting-least:forgetting-most")
+        for side in sides:
+            if side.split("/", 1)[0] not in known:
+                raise _one_of("analyze.compare", side, sorted(known))
+
+
+@check("all")
 def batch_fits_workers(cfg: Config) -> None:
     t = cfg.train
     if t.batch_size // t.num_workers < 2:

@@ -16,7 +16,9 @@ rendered tables, sentences and plots name the method only when the sweep has sev
   near-duplicates and junk the subset kept; where the pipeline recorded its stages
   (:mod:`sas_ray.analysis.costs`), the seconds spent selecting the subset;
 * ``tests``: per strategy, fraction and metric, the strategy - random gap with Welch's
-  t-test and the paired (same seed) t-test over seeds (:mod:`sas_ray.analysis.stats`);
+  t-test and the paired (same seed) t-test over seeds with its 95% interval
+  (:mod:`sas_ray.analysis.stats`), and the same for every pair ``a:b`` of
+  ``analyze.compare`` (``baseline`` b instead of random);
 * ``savings``: per strategy, the smallest fraction f whose mean accuracy (``analyze.metric``)
   is at least ``full - tolerance`` points, i.e. the share 1 - f of the data that can be
   dropped, its signed gap to full data, and the time that saves: full-data training time
@@ -75,9 +77,9 @@ log = logging.getLogger(__name__)
 PLOT_FILE = "accuracy_vs_fraction.png"
 CURVES_FILE = "training_curves.png"
 PAGE_FILE = "index.html"
-TEST_COLUMNS = ["strategy", "fraction", "metric", "gap", "welch_t", "welch_df", "welch_p",
-                "paired_gap", "paired_low", "paired_high", "paired_t", "paired_p", "pairs",
-                "seeds", "random_seeds"]
+TEST_COLUMNS = ["strategy", "baseline", "fraction", "metric", "gap", "welch_t", "welch_df",
+                "welch_p", "paired_gap", "paired_low", "paired_high", "paired_t", "paired_p",
+                "pairs", "seeds", "baseline_seeds"]
 SELECTION = "selection_s"  # cells column: seconds spent selecting the subset
 KEPT = {group: f"{group}_kept" for group in kinds_mod.GROUPS}  # cells columns, percent
 Curves = dict[tuple[str, float, int], list[dict[str, Any]]]
@@ -128,11 +130,12 @@ class Report:
 # ---------------------------------------------------------------------------- aggregating
 def summarize(records: Sequence[TrialRecord], *, tolerance: float = 0.5,
               metric: str = "linear_acc", kinds: kinds_mod.Kinds | None = None,
-              stages: costs.Stages | None = None) -> Report:
-    """Aggregate finished trials over seeds; test every strategy against random; list failed
-    and unfinished trials; per SSL method (``method`` columns). Methods and strategies keep
-    the order in which ``records`` first name them. ``kinds`` (id lists per example kind)
-    adds the kept-share columns, ``stages`` (the pipeline's record) the selection time."""
+              stages: costs.Stages | None = None, compare: Sequence[str] = ()) -> Report:
+    """Aggregate finished trials over seeds; test every strategy against random and each
+    ``compare`` pair ``a:b`` as a - b; list failed and unfinished trials; per SSL method
+    (``method`` columns). Methods and strategies keep the order in which ``records`` first
+    name them. ``kinds`` (id lists per example kind) adds the kept-share columns, ``stages``
+    (the pipeline's record) the selection time."""
     if metric not in METRICS:
         raise SasRayError(f"analyze.metric '{metric}' is unknown; use one of {', '.join(METRICS)}")
     done = [r for r in records if r.finished]
@@ -141,13 +144,14 @@ def summarize(records: Sequence[TrialRecord], *, tolerance: float = 0.5,
     missing = [f"{trial_name(r, len(methods) > 1)} ({r.status})"
                for r in records if not r.finished and r.status != "failed"]
     order = list(dict.fromkeys(r.strategy for r in records))
+    pairs = [(BASELINE, None)] + [_pair(p, order) for p in compare]
     parts = {m: [r for r in done if r.method == m] for m in methods}
     cells = _per_method({m: _aggregate(d, order) for m, d in parts.items()})
     _add_cell_columns(cells, done, kinds or {}, stages)
     savings = _per_method({m: _savings(cells[cells["method"] == m], metric, tolerance)
                            for m in methods})
     return Report(cells=cells, savings=savings,
-                  tests=_per_method({m: _tests(d) for m, d in parts.items()}),
+                  tests=_per_method({m: _tests(d, pairs) for m, d in parts.items()}),
                   failed=failed, missing=missing, tolerance=tolerance, metric=metric,
                   finished=len(done), kinds=dict(kinds or {}), methods=methods,
                   machines=machines_of(done))
@@ -194,28 +198,47 @@ def _add_cell_columns(cells: pd.DataFrame, done: Sequence[TrialRecord], kinds: k
     cells[SELECTION] = [math.nan if s is None else s for s in seconds]
 
 
-def _tests(done: Sequence[TrialRecord]) -> pd.DataFrame:
-    """Strategy - random per fraction and metric: Welch's and the paired t-test over seeds."""
+def _pair(pair: str, strategies: Sequence[str]) -> tuple[str, str]:
+    """``"a:b"`` -> (b, a): the baseline and the one strategy tested against it; an error
+    naming the sweep's strategies when a side has no trials."""
+    a, b = pair.split(":")
+    for side in (a, b):
+        if side not in strategies:
+            raise SasRayError(f"analyze.compare '{pair}': the sweep has no trials of '{side}'; "
+                              f"it has {', '.join(strategies)}")
+    return b, a
+
+
+def _tests(done: Sequence[TrialRecord], pairs: Sequence[tuple[str, str | None]]
+           ) -> pd.DataFrame:
+    """Per (baseline, strategy) of ``pairs`` (None: every strategy but the baseline and full
+    data), fraction and metric: strategy - baseline with Welch's and the paired t-test."""
     values: dict[tuple[str, float], dict[int, TrialRecord]] = {}
     for r in done:
         values.setdefault((r.strategy, round(r.fraction, 6)), {})[r.seed] = r
     rows = []
-    for (strategy, fraction), by_seed in values.items():
-        base = values.get((BASELINE, fraction))
-        if strategy in (BASELINE, FULL) or base is None:
-            continue
-        common = sorted(set(by_seed) & set(base))
-        for m in METRICS:
-            w = welch([r.metrics[m] for r in by_seed.values()],
-                      [r.metrics[m] for r in base.values()])
-            p = paired([by_seed[s].metrics[m] for s in common],
-                       [base[s].metrics[m] for s in common])
-            rows.append({"strategy": strategy, "fraction": fraction, "metric": m,
-                         "gap": w["gap"], "welch_t": w["t"], "welch_df": w["df"],
-                         "welch_p": w["p"], "paired_gap": p["gap"], "paired_low": p["low"],
-                         "paired_high": p["high"], "paired_t": p["t"], "paired_p": p["p"],
-                         "pairs": p["n"], "seeds": len(by_seed), "random_seeds": len(base)})
+    for baseline, only in pairs:
+        for (strategy, fraction), by_seed in values.items():
+            base = values.get((baseline, fraction))
+            if base is None or strategy in (baseline, FULL) or only not in (None, strategy):
+                continue
+            rows += _test_rows(strategy, baseline, fraction, by_seed, base)
     return pd.DataFrame(rows, columns=TEST_COLUMNS)
+
+
+def _test_rows(strategy: str, baseline: str, fraction: float, by_seed: dict[int, TrialRecord],
+               base: dict[int, TrialRecord]) -> list[dict[str, Any]]:
+    common = sorted(set(by_seed) & set(base))
+    rows = []
+    for m in METRICS:
+        w = welch([r.metrics[m] for r in by_seed.values()], [r.metrics[m] for r in base.values()])
+        p = paired([by_seed[s].metrics[m] for s in common], [base[s].metrics[m] for s in common])
+        rows.append({"strategy": strategy, "baseline": baseline, "fraction": fraction,
+                     "metric": m, "gap": w["gap"], "welch_t": w["t"], "welch_df": w["df"],
+                     "welch_p": w["p"], "paired_gap": p["gap"], "paired_low": p["low"],
+                     "paired_high": p["high"], "paired_t": p["t"], "paired_p": p["p"],
+                     "pairs": p["n"], "seeds": len(by_seed), "baseline_seeds": len(base)})
+    return rows
 
 
 def within_class_position(ids: np.ndarray, latent: np.ndarray) -> np.ndarray:
@@ -412,14 +435,14 @@ def _interval(low: float, high: float) -> str:
 
 
 def test_rows(report: Report) -> tuple[list[str], list[list[str]]]:
-    """Headers and rows of the strategy - random tests."""
+    """Headers and rows of the strategy - baseline tests (random, and ``analyze.compare``)."""
     method = ["method"] if report.several_methods else []
-    headers = ["strategy", *method, "fraction", "metric", "gap", "Welch p", "paired gap",
+    headers = ["strategy", *method, "vs", "fraction", "metric", "gap", "Welch p", "paired gap",
                "95% CI", "paired p", "seeds"]
-    rows = [[t["strategy"], *(t[k] for k in method), f"{t['fraction']:.2f}",
+    rows = [[t["strategy"], *(t[k] for k in method), t["baseline"], f"{t['fraction']:.2f}",
              METRICS[t["metric"]], _gap(t["gap"]), _p(t["welch_p"]), _gap(t["paired_gap"]),
              _interval(t["paired_low"], t["paired_high"]), _p(t["paired_p"]),
-             f"{t['seeds']} / {t['random_seeds']}"]
+             f"{t['seeds']} / {t['baseline_seeds']}"]
             for t in report.tests.to_dict("records")]
     return headers, rows
 
@@ -474,7 +497,7 @@ def render(report: Report, markdown: bool = False) -> str:
         out += ["", savings_intro(report), ""]
     out += [("- " if markdown else "  ") + line for line in savings_lines(report)]
     if not report.tests.empty:
-        out += ["", "## Strategy vs random" if markdown else "strategy - random:"]
+        out += ["", "## Strategy comparisons" if markdown else "strategy - baseline:"]
         out += ["", TESTS_NOTE, ""] if markdown else []
         out.append(format_table(*test_rows(report), markdown))
     if report.agreement:
@@ -493,8 +516,10 @@ def render(report: Report, markdown: bool = False) -> str:
     return "\n".join(out) + "\n"
 
 
-TESTS_NOTE = ("Gap in points at equal fraction; two-sided p of Welch's t-test and of the "
-              "paired t-test (same seeds) over seeds.")
+TESTS_NOTE = ("Strategy minus the one it is compared with ('vs': random, or an "
+              "analyze.compare pair), in points at equal fraction; two-sided p of Welch's "
+              "t-test and of the paired t-test over the seeds both have, with the 95% interval "
+              "of the paired gap.")
 MACHINES_NOTE = ("Finish times in UTC; load: the 1-minute load average before and after each "
                  "trial's training (above the core count: the trial shared its cores).")
 AGREEMENT_NOTE = ("Spearman's rho between a ranking's within-class position and the "
@@ -553,7 +578,7 @@ def analyze(sweep: str, cfg: AnalyzeConfig | None = None,
     records = read_sweep(sweep)
     shards = trained_on(sweep)
     report = summarize(records, tolerance=cfg.tolerance, metric=cfg.metric,
-                       kinds=kinds_mod.read_kinds(shards),
+                       compare=cfg.compare, kinds=kinds_mod.read_kinds(shards),
                        stages=costs.compute_seconds(costs.read_stages(sweep) if stages is None
                                                     else stages))
     report.shards, report.dataset = shards, describe_dataset(shards)
@@ -600,7 +625,7 @@ def _write_page(report: Report, path: str, title: str, galleries: dict[str, tupl
                 ) -> None:
     extra = []
     if not report.tests.empty:
-        extra.append(("Strategy vs random", TESTS_NOTE, test_rows(report)))
+        extra.append(("Strategy comparisons", TESTS_NOTE, test_rows(report)))
     if report.agreement:
         extra.append(("Agreement with forgetting", AGREEMENT_NOTE, agreement_rows(report)))
     if report.machines:

@@ -148,7 +148,7 @@ def test_gpu_replication_command_runs_without_ray(cifar_like_tar: Path, tmp_path
     assert all(r.finished and 0 <= r.metrics["linear_acc"] <= 100 for r in records)
     assert {r.metrics["num_train"] for r in records if r.strategy != "full"} == {30}
     table = (tmp_path / "rep" / "report" / "table.md").read_text()
-    assert "## Strategy vs random" in table and "## Agreement with forgetting" in table
+    assert "## Strategy comparisons" in table and "## Agreement with forgetting" in table
     assert "| sas/kmeans " in table
 
     again = run()  # everything is stored: nothing reruns

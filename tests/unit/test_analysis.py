@@ -92,7 +92,7 @@ def test_strategy_vs_random_tests_per_fraction() -> None:
     assert row["paired_p"] == 0.0 and row["pairs"] == 2
     assert row["paired_gap"] == row["paired_low"] == row["paired_high"] == pytest.approx(6.0)
     text = render(summarize(all_records()), markdown=True)
-    assert "## Strategy vs random" in text and "| sas " in text
+    assert "## Strategy comparisons" in text and "| sas " in text
 
 
 def test_t_tests_match_closed_forms() -> None:
@@ -115,6 +115,19 @@ def test_t_tests_match_closed_forms() -> None:
     assert w["t"] == pytest.approx(-13 / math.sqrt(se2))
     assert w["df"] == pytest.approx(se2**2 / ((1 / 3) ** 2 / 2 + 25**2))
     assert math.isnan(welch([1.0], [2.0, 3.0])["p"]) and math.isnan(paired([1.0], [2.0])["p"])
+
+
+def test_compare_pairs_are_tested_like_random() -> None:
+    """random:sas at 0.3: 64, 66 - (70, 72) = -6 on both seeds; the random rows stay."""
+    tests = summarize(all_records(), compare=["random:sas"]).tests
+    row = tests[(tests["baseline"] == "sas") & (tests["metric"] == "linear_acc")
+                & (tests["fraction"] == 0.3)].iloc[0]
+    assert row["strategy"] == "random" and row["paired_gap"] == pytest.approx(-6.0)
+    assert set(tests["baseline"]) == {"random", "sas"} and len(tests) == 2 * 2 * 2
+    assert "| random   |    sas |" in render(summarize(all_records(), compare=["random:sas"]),
+                                           markdown=True)
+    with pytest.raises(SasRayError, match="the sweep has no trials of 'kcenter'; it has sas"):
+        summarize(all_records(), compare=["kcenter:sas"])
 
 
 def test_machines_group_trials_by_host_with_their_load_range() -> None:

@@ -41,6 +41,8 @@ def _run_without_ray(args: list[str]) -> tuple[int, str, float]:
     (["--train.optimizer", "adamw"], "'train.optimizer': 'adamw' is not allowed"),
     (["--select.strategies", "sas,sass"], "'sass' is not allowed; did you mean 'sas'?"),
     (["--latent.k", "0"], "'latent.k' must be >= 1, got 0"),
+    (["--analyze.compare", "sas"], "'analyze.compare': 'sas' is not a pair of two strategies"),
+    (["--analyze.compare", "sas:randm"], "'randm' is not allowed; did you mean 'random'?"),
     (["--train.batch_size", "4", "--train.num_workers", "4"], "leaves < 2 images per worker"),
     (["--data.source", "/no/such/images"], "'data.source': /no/such/images does not exist"),
 ])
