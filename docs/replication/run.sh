@@ -17,7 +17,8 @@ declare -A SLICES=(
   [1-decisive]=""
   # the paper's headline: least- vs most-forgettable vs sas vs random; the reference's rule
   [2-forgetting]="--select.strategies sas,sas-reference,random,forgetting-least,forgetting-most
-                  --sweep.fractions 0.4 --sweep.seeds 0,1,2"
+                  --sweep.fractions 0.4 --sweep.seeds 0,1,2
+                  --analyze.compare forgetting-least:forgetting-most,sas:sas-reference"
   # latent classes without the ground truth
   [3-latent]="--sweep.latent_methods labels,few-labels,kmeans --sweep.fractions 0.4
               --sweep.seeds 0,1,2"
