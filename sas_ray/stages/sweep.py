@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from sas_ray.analysis.records import FINISHED, FULL, TIME_METRIC, TRIALS_FILE
+from sas_ray.analysis.records import FINISHED, FULL, TIME_METRIC, TRIALS_FILE, label
 from sas_ray.config import Config, from_dict, method_settings, result_settings
 from sas_ray.core import machine
 from sas_ray.errors import SasRayError
@@ -349,6 +349,7 @@ class SweepProgress(threading.Thread):
         super().__init__(daemon=True, name="sweep-progress")
         self.trials, self.every_s = list(trials), every_s
         self.methods = len({t["subset"]["method"] for t in self.trials})
+        self.latents = len({t["subset"]["latent"] for t in self.trials if t["subset"]["latent"]})
         self.done: set[str] = set()
         self.stop = threading.Event()
         self.start_time = time.perf_counter()
@@ -380,8 +381,8 @@ class SweepProgress(threading.Thread):
             elapsed = time.perf_counter() - self.start_time
             eta = f", ETA {_duration(elapsed / n * (total - n))}" if n < total else ""
             cell = t["subset"]
-            what = f"{cell['method']} {cell['strategy']}" if self.methods > 1 \
-                else cell["strategy"]
+            what = label(cell["strategy"], cell["latent"], self.latents > 1)
+            what = f"{cell['method']} {what}" if self.methods > 1 else what
             log.info("sweep: %d/%d trials done - %s %.0f%%: linear probe %.1f%%, kNN %.1f%% "
                      "(%s elapsed%s)", n, total, what, 100 * cell["fraction"],
                      metrics["linear_acc"], metrics["knn_acc"], _duration(elapsed), eta)

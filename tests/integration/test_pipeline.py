@@ -140,6 +140,7 @@ def test_gpu_replication_command_runs_without_ray(cifar_like_tar: Path, tmp_path
     assert done.returncode == 0, done.stderr[-3000:]
     log = done.stdout + done.stderr  # stage lines reach the terminal on stdout
     assert "on the local executor" in log and "stage pool: ran" in log
+    assert re.search(r"trials done - sas/kmeans 50%: linear probe", log)  # names the latent
     records = read_sweep(str(tmp_path / "rep" / "sweep"))
     # full data and random once; sas and forgetting-least under each latent method
     assert sorted(r.strategy for r in records) == sorted([
