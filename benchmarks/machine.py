@@ -1,26 +1,15 @@
 """What a benchmark ran on: CPU model, cores, memory, GPU, library versions, date.
 
-Reads ``/proc`` and package metadata only, so it imports neither Ray nor pyarrow.
+Reads ``/proc`` (through :mod:`sas_ray.core.machine`) and package metadata only, so it
+imports neither Ray nor pyarrow.
 """
 
 from __future__ import annotations
 
 import datetime
-import os
 import platform
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _memory_gib() -> float | None:
@@ -45,14 +34,15 @@ def machine_info() -> dict[str, Any]:
     """CPU model, usable cores, RAM (GiB), load average, GPU (if torch sees one), versions."""
     import torch
 
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    from sas_ray.core import machine
+
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "cpu": _cpu_model(),
-        "cores": len(os.sched_getaffinity(0)),
+        "cpu": machine.cpu_model(),
+        "cores": machine.cores(),
         "ram_gib": _memory_gib(),
-        "load_avg_1m": round(os.getloadavg()[0], 2),
-        "gpu": gpu,
+        "load_avg_1m": round(machine.load(), 2),
+        "gpu": machine.accelerator(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
