@@ -169,6 +169,45 @@ def test_each_colour_op_matches_torchvision(op: str) -> None:
     assert torch.equal(same, x)
 
 
+def test_cpu_crop_is_torchvisions_resized_crop_and_flip() -> None:
+    """On the CPU each view's crop is ``TF.resized_crop`` of the uint8 image to its box
+    (antialiased), mirrored where flipped: exactly, before the float conversion."""
+    from torchvision.transforms.v2 import functional as TF
+
+    x = images(16, 40).permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # channels-last
+    aug = SimCLRAugment(size=24, scale=(0.05, 1.0))  # enlarging and shrinking crops
+    p = aug.params(torch.arange(16), (40, 40))
+    assert 0 < p.flip.sum() < 16
+    got = augment.resized_crops(x, p.boxes.tolist(), p.flip.tolist(), 24)
+    for i, ((left, top, right, bottom), flip) in enumerate(zip(p.boxes.tolist(),
+                                                               p.flip.tolist(), strict=True)):
+        want = TF.resized_crop(x[i], int(top), int(left), int(bottom - top), int(right - left),
+                               [24, 24], antialias=True)
+        assert torch.equal(got[i], want.flip(-1) if flip else want), i
+
+
+def test_batched_device_path_matches_the_cpu_path() -> None:
+    """``apply`` (roi_align over the batch, every pass run: what a GPU runs) gives the CPU
+    path's views where crops only enlarge (the same bilinear samples, but the CPU crop is
+    uint8 from torch's fixed-point kernel: a few 255ths after the colour ops and the
+    normalisation's 1 / std) inside the one-pixel border (there
+    roi_align reads the pixels beyond the box, resized_crop repeats its edge), and every
+    skipped pass is exact (with blur and solarize, which the first check leaves out: they
+    carry the border inwards and turn rounding into a jump)."""
+    x, keys = images(24, 64), torch.arange(24) + 100
+    aug = SimCLRAugment(size=48, scale=(0.1, 0.25), blur=False)
+    p = aug.params(keys, (64, 64))
+    assert ((p.boxes[:, 2:] - p.boxes[:, :2]) <= 48).all()  # enlarging crops only
+    inner = (..., slice(1, -1), slice(1, -1))
+    gap = (aug.apply(x, p)[inner] - aug(x, keys)[inner]).abs()
+    assert gap.amax() < 0.1 and gap.mean() < 0.01, (gap.amax(), gap.mean())  # 0.1: ~5 / 255
+    aug = SimCLRAugment(size=48, blur=True, solarize_p=0.3)
+    p = aug.params(keys, (64, 64))
+    crops = augment.resized_crops(x, p.boxes.tolist(), p.flip.tolist(), 48).float() / 255
+    assert torch.equal(aug.colour(crops, p, augment.Passes.needed(p)), aug.colour(crops, p))
+    assert augment.Passes.needed(p) != augment.Passes()  # some pass skipped
+
+
 def raw(view: torch.Tensor) -> torch.Tensor:
     """A normalised view back in [0, 1]."""
     return view * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) \
