@@ -30,7 +30,7 @@ from benchmarks.machine import machine_info, machine_line
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-BENCHMARKS = ("ingest", "embed", "selection", "train", "end_to_end")
+BENCHMARKS = ("ingest", "embed", "selection", "train", "memory", "end_to_end")
 QUICK_ARGS = {  # benchmarks without a --quick flag; --out keeps the full-size results
     "embed": ["--images", "2000", "--small-images", "256",
               "--out", "benchmarks/results/embed-quick.json"],
@@ -151,8 +151,33 @@ def rows_train(r: dict[str, Any]) -> list[Row]:
              f"reported apart: ray.init {num(get(r, 'ray.ray_init_s'))} s + trainer "
              f"{num(get(r, 'ray.startup_s'))} s); {get(r, 'settings.images')} images, "
              f"{get(r, 'settings.epochs')} epochs")
+    today = r.get("plain_todays_input_path") or {}
+    new_over_today = today.get("ratio_new_over_today")
+    i224 = today.get("input_224px_one_core") or {}
     return [Row("train: Ray Train / plain PyTorch loop (startup excluded)", sides, ratio, "x",
-                ">= 0.85x", _check(ratio, ">=", 0.85))]
+                ">= 0.85x", _check(ratio, ">=", 0.85)),
+            Row("train: new input path / today's, plain loop img/s",
+                f"new {num(get(r, 'plain.images_per_s'))} img/s vs today's "
+                f"({today.get('commit')}) {num(today.get('images_per_s'))} img/s, same model "
+                "and batches", new_over_today, "x", "", None),
+            Row("train: decode + 2 views at 224 px on one core, new / today's",
+                f"new {num(i224.get('new'))} img/s vs today's {num(i224.get('today'))} img/s "
+                "(CPU time of the thread)", i224.get("ratio"), "x", ">= 2x",
+                _check(i224.get("ratio"), ">=", 2))]
+
+
+def rows_memory(r: dict[str, Any]) -> list[Row]:
+    rows = []
+    for name, w in r.get("workloads", {}).items():
+        d, k = w["default"], w["keep"]
+        sides = (f"keep_freed_memory {num(k['images_per_s'])} img/s "
+                 f"({num(k['minor_faults_per_step'])} faults/step, peak "
+                 f"{num(k['peak_rss_mib'])} MiB) vs glibc default {num(d['images_per_s'])} img/s "
+                 f"({num(d['minor_faults_per_step'])} faults/step, {num(d['system_s'])} s in the "
+                 f"kernel, peak {num(d['peak_rss_mib'])} MiB)")
+        rows.append(Row(f"memory: {name}, freed memory kept / glibc default", sides,
+                        w["ratio_keep_over_default"], "x", "", None))
+    return rows
 
 
 def rows_end_to_end(r: dict[str, Any]) -> list[Row]:
@@ -172,7 +197,7 @@ def rows_end_to_end(r: dict[str, Any]) -> list[Row]:
 
 EXTRACT: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "ingest": rows_ingest, "embed": rows_embed, "selection": rows_selection,
-    "train": rows_train, "end_to_end": rows_end_to_end,
+    "train": rows_train, "memory": rows_memory, "end_to_end": rows_end_to_end,
 }
 
 

@@ -11,6 +11,9 @@ train split with the same global batch, augmentations, optimiser and torch threa
   encoded images in Ray's object store; it decodes, augments and steps with the same core
   loop), or ``--workers`` workers splitting the same global batch.
 
+Every loop keeps freed memory (:func:`~sas_ray.core.memory.keep_freed_memory`, as the
+executors' training processes do; this process and the Ray worker), so the ratios isolate
+Ray and the input path (``benchmarks.memory`` measures glibc's default apart).
 Images/s are measured over the epochs after the first (warm-up) in both loops. Ray's
 startup (``ray.init``, starting the trainer and workers, checkpoint writes: wall time
 outside training epochs) is reported separately. Target: Ray/plain >= 0.85. The plain
@@ -57,6 +60,7 @@ from benchmarks.machine import machine_info, machine_line
 from sas_ray.config import Config
 from sas_ray.core.data.augment import IMAGENET_MEAN, IMAGENET_STD, SimCLRAugment, to_nchw
 from sas_ray.core.data.images import decode_images
+from sas_ray.core.memory import keep_freed_memory
 from sas_ray.core.methods import build_method
 from sas_ray.core.models.optim import build_optimizer
 from sas_ray.core.seeding import seed_model
@@ -242,6 +246,7 @@ def main() -> None:
     machine = machine_info()
     print(machine_line(machine))
     cfg = make_config(args)
+    keep_freed_memory()
 
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, "shards")

@@ -5,7 +5,7 @@ Driver side (:func:`prepare_run`): check the settings, check the subset ids agai
 split, refuse a run directory that holds another run (``out/run.json``).
 
 Process side (:func:`~sas_ray.core.training.loop.prepare_module` then :func:`train_process`,
-one call per worker): the
+one call per worker): malloc set to keep freed memory (:mod:`sas_ray.core.memory`), the
 optimiser and schedule, resume from a checkpoint, the step of the method (``train.method``,
 :mod:`sas_ray.core.methods`) and its per-step hook, the per-epoch batches (a global shuffle
 per epoch, :mod:`sas_ray.core.training.order`, over :class:`TrainRows`, decoded ahead of the
@@ -33,6 +33,7 @@ from torch import nn
 
 from sas_ray.config import Config, TrainConfig, result_settings
 from sas_ray.core.data.images import decode_images
+from sas_ray.core.memory import keep_freed_memory
 from sas_ray.core.models.checkpoint import ENCODER_FILE, encoder_payload
 from sas_ray.core.models.optim import build_optimizer
 from sas_ray.core.training.loop import (
@@ -283,6 +284,7 @@ def train_process(cfg: Config, data: str, out: str, rows: TrainRows, model: nn.M
     :func:`read_checkpoint`) or from scratch. Batches are decoded once when the decoded rows
     fit in ``train.decoded_cache_mb``, else ``train.prefetch`` ahead by
     :func:`decode_threads` threads, into pinned memory on CUDA."""
+    keep_freed_memory()  # a step's buffers are reused, not mapped and zeroed again
     t = cfg.train
     method = getattr(model, "module", model)
     steps = steps_per_epoch(len(rows), t.batch_size, world)

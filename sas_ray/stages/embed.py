@@ -32,6 +32,7 @@ from sas_ray.config import Config, EmbedConfig, result_settings
 from sas_ray.core.data.augment import SimCLRAugment, to_nchw
 from sas_ray.core.data.images import decode_images
 from sas_ray.core.embedding import encoder_fingerprint, mean_view_embeddings
+from sas_ray.core.memory import keep_freed_memory
 from sas_ray.core.models.encoders import EncoderRef
 from sas_ray.core.seeding import example_keys
 from sas_ray.errors import SasRayError
@@ -53,8 +54,9 @@ class EmbedBatch:
     """A batch of shard rows (``id``, ``image`` encoded bytes, ``label``) -> a table of
     ``id``, ``label``, ``emb`` (:func:`output_schema`).
 
-    Built once per worker: loads the proxy (eval mode) onto ``device`` and uses ``threads``
-    torch threads. Images are decoded to ``image_size``; the embedding of each is
+    Built once per worker: loads the proxy (eval mode) onto ``device``, uses ``threads``
+    torch threads and keeps freed memory (:func:`~sas_ray.core.memory.keep_freed_memory`).
+    Images are decoded to ``image_size``; the embedding of each is
     :func:`~sas_ray.core.embedding.mean_view_embeddings` of ``views`` views drawn from its
     ``(seed, id)`` keys (``views=0``: the plain image), normalised with the encoder's own
     mean/std; on a GPU under bf16 autocast when ``amp``.
@@ -63,6 +65,7 @@ class EmbedBatch:
     def __init__(self, proxy: EncoderRef, views: int, feature: str, dtype: str, seed: int,
                  image_size: int, threads: int, device: str = "cpu", amp: bool = True) -> None:
         torch.set_num_threads(threads)
+        keep_freed_memory()  # each batch's activations reuse the last one's memory
         self.device = torch.device(device)
         self.model = proxy.load(storage.FILES).to(self.device)
         self.augment = SimCLRAugment(size=image_size, mean=self.model.mean, std=self.model.std)
