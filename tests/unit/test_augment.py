@@ -178,7 +178,7 @@ def test_cpu_crop_is_torchvisions_resized_crop_and_flip() -> None:
     aug = SimCLRAugment(size=24, scale=(0.05, 1.0))  # enlarging and shrinking crops
     p = aug.params(torch.arange(16), (40, 40))
     assert 0 < p.flip.sum() < 16
-    got = augment.resized_crops(x, p.boxes.tolist(), p.flip.tolist(), 24)
+    got = augment.resized_crops(x, list(range(16)), p.boxes.tolist(), p.flip.tolist(), 24)
     for i, ((left, top, right, bottom), flip) in enumerate(zip(p.boxes.tolist(),
                                                                p.flip.tolist(), strict=True)):
         want = TF.resized_crop(x[i], int(top), int(left), int(bottom - top), int(right - left),
@@ -203,7 +203,8 @@ def test_batched_device_path_matches_the_cpu_path() -> None:
     assert gap.amax() < 0.1 and gap.mean() < 0.01, (gap.amax(), gap.mean())  # 0.1: ~5 / 255
     aug = SimCLRAugment(size=48, blur=True, solarize_p=0.3)
     p = aug.params(keys, (64, 64))
-    crops = augment.resized_crops(x, p.boxes.tolist(), p.flip.tolist(), 48).float() / 255
+    crops = augment.resized_crops(x, list(range(24)), p.boxes.tolist(), p.flip.tolist(),
+                                  48).float() / 255
     assert torch.equal(aug.colour(crops, p, augment.Passes.needed(p)), aug.colour(crops, p))
     assert augment.Passes.needed(p) != augment.Passes()  # some pass skipped
 

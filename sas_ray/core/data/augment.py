@@ -189,14 +189,17 @@ def gaussian_kernels(sigma: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def blur_images(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """Separable blur of ``(n, c, h, w)`` with image ``i``'s 1-D ``kernel[i]`` (reflect pad)."""
+    """Separable blur of ``(n, c, h, w)`` with image ``i``'s 1-D ``kernel[i]`` (reflect pad):
+    one depthwise convolution per direction over the ``n * c`` planes, in channels-last
+    memory (oneDNN's depthwise kernels are 3x faster in it at 224 px, the same sums)."""
     n, ch, height, width = x.shape
     k = kernel.shape[1]
     w = kernel.repeat_interleave(ch, 0)  # (n*ch, k)
     y = F.pad(x.reshape(1, n * ch, height, width), (k // 2,) * 4, mode="reflect")
+    y = y.contiguous(memory_format=torch.channels_last)
     y = F.conv2d(y, w.view(-1, 1, 1, k), groups=n * ch)
     y = F.conv2d(y, w.view(-1, 1, k, 1), groups=n * ch)
-    return y.view(n, ch, height, width)
+    return y.contiguous().view(n, ch, height, width)
 
 
 @dataclass
@@ -216,8 +219,8 @@ class ViewParams:
     blurred: torch.Tensor | None  # (n,) bool: a Gaussian kernel, not an impulse
     solarize: torch.Tensor | None  # (n,) 0/1 float mask, or off
 
-    def rows(self, rows: torch.Tensor) -> ViewParams:
-        """The parameters of images ``rows`` (int64 indices)."""
+    def rows(self, rows: torch.Tensor | slice) -> ViewParams:
+        """The parameters of images ``rows`` (int64 indices; a slice gives views)."""
         return ViewParams(**{f.name: None if (v := getattr(self, f.name)) is None
                              else v[rows] for f in dataclasses.fields(self)})
 
@@ -251,15 +254,16 @@ class Passes:
         return bits if p.blurred is None else bits + (p.blurred.to(torch.int64) << 6)
 
 
-def resized_crops(images: torch.Tensor, boxes: list[list[float]], flips: list[float],
-                  size: int) -> torch.Tensor:
-    """torchvision's ``resized_crop`` of each uint8 image ``(n, C, H, W)`` to its box (left,
-    top, right, bottom: integers) at ``size x size`` (bilinear, antialiased, rounded to
-    uint8; channels-last input takes torch's vectorised uint8 kernel), mirrored where
-    ``flips``: uint8 ``(n, C, size, size)``."""
-    out = torch.empty((len(boxes), images.shape[1], size, size), dtype=torch.uint8)
-    for i, ((left, top, right, bottom), flip) in enumerate(zip(boxes, flips, strict=True)):
-        crop = images[i:i + 1, :, int(top):int(bottom), int(left):int(right)]
+def resized_crops(images: torch.Tensor, rows: list[int], boxes: list[list[float]],
+                  flips: list[float], size: int) -> torch.Tensor:
+    """torchvision's ``resized_crop`` of uint8 image ``images[rows[i]]`` (of ``(N, C, H,
+    W)``) to ``boxes[i]`` (left, top, right, bottom: integers) at ``size x size`` (bilinear,
+    antialiased, rounded to uint8; channels-last input takes torch's vectorised uint8
+    kernel), mirrored where ``flips[i]``: uint8 ``(len(rows), C, size, size)``."""
+    out = torch.empty((len(rows), images.shape[1], size, size), dtype=torch.uint8)
+    for i, (row, (left, top, right, bottom), flip) in enumerate(zip(rows, boxes, flips,
+                                                                     strict=True)):
+        crop = images[row:row + 1, :, int(top):int(bottom), int(left):int(right)]
         view = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False,
                              antialias=True)[0]
         out[i] = view.flip(-1) if flip else view
@@ -331,12 +335,15 @@ class SimCLRAugment:
             return out.copy_(self.apply(images, params))
         # CPU (module docstring): chunks of images that need the same passes
         chunk = max(1, CPU_CHUNK_BYTES // (4 * c * self.size ** 2))
-        for rows in torch.argsort(Passes.patterns(params), stable=True).split(chunk):
-            part = params.rows(rows)
-            crops = resized_crops(images[rows], part.boxes.tolist(), part.flip.tolist(),
+        order = torch.argsort(Passes.patterns(params), stable=True)
+        grouped, order_list = params.rows(order), order.tolist()  # chunks are then slices
+        for start in range(0, n, chunk):
+            part, rows = grouped.rows(slice(start, start + chunk)), order_list[start:start + chunk]
+            crops = resized_crops(images, rows, part.boxes.tolist(), part.flip.tolist(),
                                   self.size)
             x = crops.to(torch.float32, memory_format=torch.contiguous_format).div_(255)
-            out.index_copy_(0, rows, self.colour(x, part, Passes.needed(part)))
+            for row, view in zip(rows, self.colour(x, part, Passes.needed(part)), strict=True):
+                out[row] = view
         return out
 
     # ------------------------------------------------------------ parameters (tiny tensors)
