@@ -6,12 +6,13 @@ change the cost), views, batches and per-example seeding, and at most the same t
 of torch threads; only the executor differs:
 
 - local (:class:`~sas_ray.executors.local.LocalExecutor`): one process streams the planned
-  batches through :class:`~sas_ray.stages.embed.EmbedBatch`. It runs with ``cores`` torch
+  batches through :func:`~sas_ray.stages.embed.decode_batch` (a thread, one batch ahead) and
+  :class:`~sas_ray.stages.embed.EmbedBatch`. It runs with ``cores`` torch
   threads and with 1 thread, and the faster is the baseline: on a busy machine intra-op
   threads wait for each other at every operator (measured here under load: 2 threads at a
   third of the speed of 1), which would flatter the Ray path;
-- Ray (:class:`~sas_ray.executors.ray.RayExecutor`): batch reader -> actor pool -> Parquet
-  writer, with its default resources (on 2 cores: 2 actors x 1 thread).
+- Ray (:class:`~sas_ray.executors.ray.RayExecutor`): batch reader and decoder (CPU tasks) ->
+  actor pool -> Parquet writer, with its default resources (on 2 cores: 2 actors x 1 thread).
 
 Each side's fixed cost (planning, loading the encoder; for Ray also starting the actors,
 which import torch) is measured as a whole run on a small data set, and its steady-state

@@ -32,6 +32,9 @@ BlockFn = Callable[[pa.Table], pa.Table]
 # to a table of output rows (see stages.embed.EmbedBatch). It must be picklable (Ray ships it
 # to actors).
 BatchClass = Callable[..., Callable[[pa.Table], pa.Table]]
+# The CPU half of a batch's work (e.g. decoding images), run before the batch class where the
+# CPUs are; a picklable function (a module-level one, or a functools.partial of one).
+Prepare = Callable[[pa.Table], pa.Table]
 ROWS_PER_FILE = 8192  # map_batches writes Parquet files of about this many rows
 # One sweep trial: its JSON parameters -> its flat metrics (see stages.sweep.run_trial); it
 # must be picklable (the Ray executor ships it to Tune trials).
@@ -78,8 +81,9 @@ class Executor(Protocol):
 
     def map_batches(self, fn: BatchClass, fn_kwargs: dict[str, Any], data: str, split: str,
                     columns: list[str], batch_size: int, out_dir: str,
-                    workers: Workers) -> dict[str, Any]:
-        """Stream the ``split`` rows (``columns``) of the shards at ``data`` through ``fn``,
+                    workers: Workers, prepare: Prepare | None = None) -> dict[str, Any]:
+        """Stream the ``split`` rows (``columns``) of the shards at ``data`` through
+        ``prepare`` (on CPUs, overlapping ``fn``'s work on earlier batches) and then ``fn``,
         in the batches of :func:`sas_ray.io.shards.plan_batches` (at most ``batch_size``
         rows, the same on every executor), and write the output tables as Parquet files
         (about :data:`ROWS_PER_FILE` rows each, rows in no particular order) under

@@ -1,11 +1,12 @@
 """Embedding stage: every train image -> the mean of its unit-normalised view embeddings.
 
 The formula, and why it estimates SAS's s_ij, live with the Ray-free core in
-:mod:`sas_ray.core.embedding`. The work is one batch class, :class:`EmbedBatch` (decode ->
-views -> mean unit view embedding), which the executor streams the train split's shards
-through (:meth:`~sas_ray.executors.base.Executor.map_batches`: a Ray Data actor pool, or this
-process), writing Parquet straight into the artifact's staging directory. This module plans,
-fingerprints, checks and commits.
+:mod:`sas_ray.core.embedding`. The work per batch is two halves, which the executor streams
+the train split's shards through (:meth:`~sas_ray.executors.base.Executor.map_batches`),
+writing Parquet straight into the artifact's staging directory: :func:`decode_batch` on CPUs
+(Ray Data's read tasks, on any node; a thread one batch ahead in this process) and the batch
+class :class:`EmbedBatch` (views -> mean unit view embedding; Ray actors, on GPUs where there
+are some). This module plans, fingerprints, checks and commits.
 
 Output columns: ``id`` int64, ``label`` int64 (nullable), ``emb``
 fixed_size_list<float32|float16>[dim], rows in no particular order. Views are seeded per
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import logging
 import time
 from typing import Any
@@ -50,13 +52,31 @@ DTYPES = {"float32": (np.float32, pa.float32()), "float16": (np.float16, pa.floa
 COLUMNS = ["id", "image", "label"]  # the shard columns a batch needs
 
 
+def decode_batch(batch: pa.Table, image_size: int) -> pa.Table:
+    """The CPU half of a batch: shard rows (``id``, ``image`` encoded bytes, ``label``) ->
+    ``id``, ``label``, ``pixels`` (each row one :func:`~sas_ray.core.data.images.
+    decode_images` image, ``(image_size, image_size, 3)`` uint8 flattened into a
+    fixed-size list)."""
+    pixels = decode_images(batch["image"].to_pylist(), size=image_size)
+    flat = pa.array(pixels.reshape(-1), pa.uint8())
+    return pa.table({"id": batch["id"], "label": batch["label"],
+                     "pixels": pa.FixedSizeListArray.from_arrays(flat, image_size**2 * 3)})
+
+
+def batch_pixels(batch: pa.Table, image_size: int) -> torch.Tensor:
+    """The ``pixels`` of a :func:`decode_batch` table as uint8 ``(n, 3, size, size)``."""
+    flat = batch["pixels"].combine_chunks().flatten().to_numpy(zero_copy_only=False,
+                                                                 writable=True)
+    return to_nchw(flat.reshape(-1, image_size, image_size, 3))
+
+
 class EmbedBatch:
-    """A batch of shard rows (``id``, ``image`` encoded bytes, ``label``) -> a table of
+    """A batch of :func:`decode_batch` rows (``id``, ``label``, ``pixels``) -> a table of
     ``id``, ``label``, ``emb`` (:func:`output_schema`).
 
     Built once per worker: loads the proxy (eval mode) onto ``device``, uses ``threads``
     torch threads and keeps freed memory (:func:`~sas_ray.core.memory.keep_freed_memory`).
-    Images are decoded to ``image_size``; the embedding of each is
+    Images come decoded to ``image_size``; the embedding of each is
     :func:`~sas_ray.core.embedding.mean_view_embeddings` of ``views`` views drawn from its
     ``(seed, id)`` keys (``views=0``: the plain image), normalised with the encoder's own
     mean/std; on a GPU under bf16 autocast when ``amp``.
@@ -74,7 +94,7 @@ class EmbedBatch:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         ids = batch["id"].to_numpy()
-        images = to_nchw(decode_images(batch["image"].to_pylist(), size=self.image_size))
+        images = batch_pixels(batch, self.image_size)
         keys = example_keys(ids, self.seed).to(self.device) if self.views > 0 else None
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
             emb = mean_view_embeddings(self.model, images.to(self.device), self.augment,
@@ -168,7 +188,8 @@ def embed(cfg: Config, data_uri: str, proxy: str | EncoderRef, out: str,
                               "amp": ecfg.amp},
                 data_uri, "train", COLUMNS, ecfg.batch_size, w.dir,
                 Workers(count=ecfg.num_actors, cpus=ecfg.cpus_per_actor, threads=ecfg.threads,
-                        gpus=ecfg.gpus_per_actor))
+                        gpus=ecfg.gpus_per_actor),
+                prepare=functools.partial(decode_batch, image_size=image_size))
             _verify_ids([f for f in storage.list_files(w.dir) if f.endswith(".parquet")],
                         expected)
             w.meta.update(settings, dim=dim, num_rows=int(expected.size), proxy=ref.weights,

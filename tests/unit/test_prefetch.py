@@ -87,3 +87,24 @@ def test_train_input_decodes_once_when_the_rows_fit(cache_mb: float) -> None:
         assert sorted(asked) == list(range(40))
     else:
         assert len(asked) == 2 * 9
+
+
+def test_the_local_executor_prepares_the_next_batch_while_this_one_is_used() -> None:
+    """``one_ahead`` (the local executor's map_batches): batch i + 1 is being loaded while
+    the consumer holds batch i, batch i + 2 is not (memory holds two batches), in order."""
+    from sas_ray.executors.local.batches import one_ahead
+
+    started = [threading.Event() for _ in range(4)]
+
+    def load(i: int) -> int:
+        started[i].set()
+        return i
+
+    seen = []
+    for i in one_ahead(load, range(4)):
+        if i + 1 < 4:
+            assert started[i + 1].wait(5), f"batch {i + 1} was not loading while {i} was used"
+        if i + 2 < 4:
+            assert not started[i + 2].is_set()
+        seen.append(i)
+    assert seen == [0, 1, 2, 3] and list(one_ahead(load, [])) == []

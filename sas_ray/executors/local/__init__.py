@@ -17,7 +17,14 @@ import pyarrow as pa
 from sas_ray.config import Config
 from sas_ray.core.selection.backends import cuda_available
 from sas_ray.core.selection.ranking import ClassFn, ClassJob, ClassMap, ClassOrder, map_serial
-from sas_ray.executors.base import BatchClass, BlockFn, TrialFn, TrialOutcome, Workers
+from sas_ray.executors.base import (
+    BatchClass,
+    BlockFn,
+    Prepare,
+    TrialFn,
+    TrialOutcome,
+    Workers,
+)
 from sas_ray.executors.grouping import balanced_groups, own_rows, rank_chunk
 
 
@@ -35,11 +42,13 @@ class LocalExecutor:
 
     def map_batches(self, fn: BatchClass, fn_kwargs: dict[str, Any], data: str, split: str,
                     columns: list[str], batch_size: int, out_dir: str,
-                    workers: Workers) -> dict[str, Any]:
-        """The batches one after another in this process, on a GPU when torch sees one."""
+                    workers: Workers, prepare: Prepare | None = None) -> dict[str, Any]:
+        """The batches one after another in this process, on a GPU when torch sees one; the
+        next batch is read and prepared by a thread meanwhile."""
         from sas_ray.executors.local.batches import map_batches
 
-        return map_batches(fn, fn_kwargs, data, split, columns, batch_size, out_dir, workers)
+        return map_batches(fn, fn_kwargs, data, split, columns, batch_size, out_dir, workers,
+                           prepare)
 
     def class_map(self, num_workers: int) -> ClassMap:
         """A pool of ``num_workers`` processes over groups of classes; in this process where

@@ -13,7 +13,14 @@ import pyarrow as pa
 from sas_ray.config import Config
 from sas_ray.core.selection.ranking import ClassFn, ClassJob, ClassMap, ClassOrder
 from sas_ray.errors import SasRayError
-from sas_ray.executors.base import BatchClass, BlockFn, TrialFn, TrialOutcome, Workers
+from sas_ray.executors.base import (
+    BatchClass,
+    BlockFn,
+    Prepare,
+    TrialFn,
+    TrialOutcome,
+    Workers,
+)
 from sas_ray.executors.grouping import balanced_groups, rank_chunk
 from sas_ray.executors.ray.session import cluster_cpus, cluster_gpus, ensure_ray
 
@@ -49,12 +56,13 @@ class RayExecutor:
 
     def map_batches(self, fn: BatchClass, fn_kwargs: dict[str, Any], data: str, split: str,
                     columns: list[str], batch_size: int, out_dir: str,
-                    workers: Workers) -> dict[str, Any]:
-        """A Ray Data actor pool (:mod:`sas_ray.executors.ray.data`)."""
+                    workers: Workers, prepare: Prepare | None = None) -> dict[str, Any]:
+        """Ray Data read tasks (and ``prepare``) feeding an actor pool
+        (:mod:`sas_ray.executors.ray.data`)."""
         from sas_ray.executors.ray.data import map_batches
 
         return map_batches(self.cfg.run, fn, fn_kwargs, data, split, columns, batch_size,
-                           out_dir, workers)
+                           out_dir, workers, prepare)
 
     def class_map(self, num_workers: int) -> ClassMap:
         """Groups of classes as Ray tasks, ``num_workers`` in flight; on a cluster with GPUs

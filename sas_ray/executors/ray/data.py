@@ -2,13 +2,14 @@
 
 :func:`read_dataset` is the shards as a ``ray.data.Dataset`` (Ray Train's input).
 :func:`map_batches` runs a batch class (e.g. :class:`sas_ray.stages.embed.EmbedBatch`) over
-the planned batches of :func:`sas_ray.io.shards.plan_batches`: one read task per batch ->
-an actor pool (each actor builds the class once, e.g. loads the proxy) -> Parquet files
-written straight into the output directory; the driver never holds the data. Each batch
-reaches an actor whole, so a function sees the same rows together as on the local executor
-(unless a batch exceeds Ray Data's block size limit, 128 MiB by default, and is split).
-Actors that die are restarted and their batches retried (at most :data:`MAX_ACTOR_RESTARTS`
-times, so a deterministic crash fails the stage instead of looping).
+the planned batches of :func:`sas_ray.io.shards.plan_batches`: one read task per batch (with
+the batch's CPU work, e.g. :func:`sas_ray.stages.embed.decode_batch`) -> an actor pool (each
+actor builds the class once, e.g. loads the proxy) -> Parquet files written straight into
+the output directory; the driver never holds the data. Each batch reaches an actor whole, so
+a function sees the same rows together as on the local executor (unless a batch exceeds Ray
+Data's block size limit, 128 MiB by default, and is split). Actors that die are restarted
+and their batches retried (at most :data:`MAX_ACTOR_RESTARTS` times, so a deterministic
+crash fails the stage instead of looping).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import pyarrow.fs as pafs
 
 from sas_ray.config import RunConfig
 from sas_ray.errors import SasRayError
-from sas_ray.executors.base import ROWS_PER_FILE, BatchClass, Workers
+from sas_ray.executors.base import ROWS_PER_FILE, BatchClass, Prepare, Workers
 from sas_ray.executors.ray.session import cluster_cpus, cluster_gpus, ensure_ray
 from sas_ray.io import shards, storage
 
@@ -105,8 +106,10 @@ def read_planned(items: pa.Table, filesystem: pafs.FileSystem, split: str,
 
 def map_batches(run: RunConfig, fn: BatchClass, fn_kwargs: dict[str, Any], data: str,
                 split: str, columns: list[str], batch_size: int, out_dir: str,
-                workers: Workers) -> dict[str, Any]:
-    """:meth:`sas_ray.executors.base.Executor.map_batches` on a Ray actor pool."""
+                workers: Workers, prepare: Prepare | None = None) -> dict[str, Any]:
+    """:meth:`sas_ray.executors.base.Executor.map_batches` on a Ray actor pool; ``prepare``
+    runs in the CPU read tasks (Ray Data streams them ahead of the actors, so on a GPU
+    cluster the decoding runs on every node's CPUs while the actors run the model)."""
     ray = ensure_ray(run)
     filesystem, batches = shards.plan_batches(data, split, batch_size)
     res = actor_resources(dataclasses.replace(workers, count=min(workers.count, len(batches))),
@@ -116,6 +119,8 @@ def map_batches(run: RunConfig, fn: BatchClass, fn_kwargs: dict[str, Any], data:
                              override_num_blocks=len(batches))
     ds = ds.map_batches(read_planned, batch_size=1, batch_format="pyarrow",
                         fn_kwargs={"filesystem": filesystem, "split": split, "columns": columns})
+    if prepare is not None:
+        ds = ds.map_batches(prepare, batch_size=None, batch_format="pyarrow")
     with warnings.catch_warnings():  # Ray 2.60 has no named max_restarts parameter
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
         ds = ds.map_batches(
