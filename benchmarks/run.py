@@ -9,7 +9,8 @@ writes ``benchmarks/results/summary.md``: the machine, every ratio with both of 
 (always measured in the same run of one benchmark), and whether it meets the target set in
 the issues. ``--quick`` passes each benchmark its smaller sizes (its ``--quick`` flag, or the
 arguments in :data:`QUICK_ARGS`); the summary says so. ``--collect-only`` rewrites the
-summary from the result files already there.
+summary from the result files already there; ``--only a,b`` runs those and takes the other
+benchmarks' rows from their result files.
 """
 
 from __future__ import annotations
