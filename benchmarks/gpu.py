@@ -12,7 +12,9 @@ Measured on ``--device`` (auto: CUDA when torch sees it), each with the code the
   (:func:`prepare_module`). Reported: img/s
   over the epoch after a warm-up epoch; the views' time alone on a device-resident batch and
   its share of the step's time (the views run on the same stream, before the forward); the
-  decoder's img/s alone with the same threads (above the step rate: the input keeps up).
+  decoder's img/s alone with the same threads (above the step rate: the input keeps up);
+  for JPEGs, the alternative the issue names, ``torchvision.io.decode_jpeg`` on the device
+  (nvJPEG on CUDA) with the resize and centre crop there: img/s, for the same batches.
 - Embedding (:func:`~sas_ray.core.embedding.mean_view_embeddings`, ResNet-50 at 224 px, 2
   views per image keyed by (seed, id), bf16 on CUDA) from the same decoder: img/s.
 - SAS (:func:`~sas_ray.core.selection.sas.select_sas`, ``select.backend: torch`` on the
@@ -238,6 +240,8 @@ def train_case(case: TrainCase, device: torch.device, threads: int, compile: boo
         ([pool[i] for i in pos] for pos in cycled(len(pool), case.batch, case.steps, 7)),
         case.size, prefetch=2, threads=threads, pin=pin))
     decode_rate = decoded / (time.perf_counter() - start)
+    on_device = None if case.stored <= 64 else device_decode_rate(
+        pool, case.size, cycled(len(pool), case.batch, case.steps, 7), device)
     return {"arch": case.arch, "width": case.width, "image_size": case.size,
             "stored_size": case.stored, "batch": case.batch, "steps": case.steps,
             "decoded_once": case.cached,
@@ -247,8 +251,43 @@ def train_case(case: TrainCase, device: torch.device, threads: int, compile: boo
             "step_ms": round(1e3 * step_s, 2), "views_ms": round(1e3 * views_s, 2),
             "augmentation_share": round(views_s / step_s, 3),
             "decode_images_per_s": round(decode_rate, 1),
+            "device_decode_images_per_s": on_device,
             "loss_last_epoch": round(epoch["loss"], 4),
             "gpu_utilisation": measured.utilisation}
+
+
+def device_decode_rate(pool: list[bytes], size: int, batches: list[np.ndarray],
+                       device: torch.device) -> float | str:
+    """JPEG ``pool`` decoded by ``torchvision.io.decode_jpeg`` on ``device`` a batch at a time,
+    each image resized (bilinear, antialiased) to cover ``size`` and centre-cropped there, as
+    :func:`~sas_ray.core.data.images.decode_image` does on the CPU: img/s, or why it could
+    not run (an old torchvision, no nvJPEG)."""
+    import torch.nn.functional as F
+    from torchvision.io import decode_jpeg
+
+    data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in pool]
+
+    def batch(positions: np.ndarray) -> torch.Tensor:
+        out = torch.empty((len(positions), 3, size, size), dtype=torch.uint8, device=device)
+        for j, image in enumerate(decode_jpeg([data[i] for i in positions], device=device)):
+            height, width = image.shape[1:]
+            scale = max(size / height, size / width)
+            h, w = max(size, round(height * scale)), max(size, round(width * scale))
+            resized = F.interpolate(image[None].float(), size=(h, w), mode="bilinear",
+                                    antialias=True, align_corners=False)[0]
+            top, left = (h - size) // 2, (w - size) // 2
+            out[j] = resized[:, top:top + size, left:left + size].round_().clamp_(0, 255)
+        return out
+
+    try:
+        batch(batches[0])
+        synchronize(device)
+        start = time.perf_counter()
+        decoded = sum(batch(positions).shape[0] for positions in batches)
+        synchronize(device)
+    except (RuntimeError, TypeError) as err:  # no batched decode_jpeg, or no nvJPEG
+        return f"not measured: {type(err).__name__}: {err}"[:200]
+    return round(decoded / (time.perf_counter() - start), 1)
 
 
 def embed_phase(sizes: Sizes, case: TrainCase, device: torch.device, threads: int
@@ -387,7 +426,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             result["train"][case.name] = r = train_case(case, device, threads, args.compile)
             print(f"train {case.name}: {r['images_per_s']:.0f} img/s, step {r['step_ms']} ms, "
                   f"views {r['views_ms']} ms ({100 * r['augmentation_share']:.1f}%), decoder "
-                  f"{r['decode_images_per_s']:.0f} img/s, GPU {r['gpu_utilisation']}",
+                  f"{r['decode_images_per_s']:.0f} img/s (decode_jpeg on the device: "
+                  f"{r['device_decode_images_per_s']}), GPU {r['gpu_utilisation']}",
                   flush=True)
     if due("embed"):
         result["embed"] = r = embed_phase(sizes, sizes.train[-1], device, threads)

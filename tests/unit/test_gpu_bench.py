@@ -22,6 +22,9 @@ def test_quick_cpu_run_measures_every_phase(tmp_path: Path) -> None:
     for case in result["train"].values():
         assert case["images_per_s"] > 0 and case["decode_images_per_s"] > 0
         assert case["augmentation_share"] > 0 and case["gpu_utilisation"] is None
+    png, jpeg = result["train"].values()  # the JPEG case also times decode_jpeg there
+    assert png["device_decode_images_per_s"] is None
+    assert jpeg["device_decode_images_per_s"] > 0
     assert result["embed"]["images_per_s"] > 0 and result["embed"]["views"] == 2
     for key in ("one_class", "many_classes"):
         assert result["sas"][key]["ranked"] == result["sas"][key]["rows"]
