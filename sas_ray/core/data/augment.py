@@ -329,10 +329,11 @@ class SimCLRAugment:
                              f"{tuple(images.shape)}")
         n, c = images.shape[:2]
         params = self.params(image_keys(keys, n, images.device), images.shape[-2:])
-        if out is None:
-            out = torch.empty((n, c, self.size, self.size), device=images.device)
         if images.device.type != "cpu":
-            return out.copy_(self.apply(images, params))
+            view = self.apply(images, params)
+            return view if out is None else out.copy_(view)
+        if out is None:
+            out = torch.empty((n, c, self.size, self.size))
         # CPU (module docstring): chunks of images that need the same passes
         chunk = max(1, CPU_CHUNK_BYTES // (4 * c * self.size ** 2))
         order = torch.argsort(Passes.patterns(params), stable=True)
