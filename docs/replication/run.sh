@@ -3,11 +3,12 @@
 # command on the same storage: a later slice reuses the proxy, embeddings, rankings and every
 # trial an earlier one finished, and an interrupted slice resumes (training from its last
 # checkpoint). Each slice's report is copied to docs/replication/results/<slice>/.
-#   docs/replication/run.sh [SLICE ...]     (default: all, in this order)
+#   docs/replication/run.sh [SLICE ...]     (default: slices 1-6, in this order)
+# STORAGE=DIR runs on another storage (slice 7 does: none of its trials is shared).
 set -euo pipefail
 cd "$(dirname "$0")/../.."  # the repository root
 CONFIG=configs/replicate_cifar10_cpu.yaml
-STORAGE=outputs/replicate_cifar10_cpu
+STORAGE=${STORAGE:-outputs/replicate_cifar10_cpu}
 SHARDS=$STORAGE/shards
 [ -e "$SHARDS/manifest.json" ] ||
   .venv/bin/sas-ray ingest ../shared/datasets/cifar10-jpeg.tar.gz "$SHARDS" --run.executor local
@@ -31,6 +32,9 @@ declare -A SLICES=(
   # no image is its own negative)
   [6-methods]="--sweep.methods simclr,moco,byol,simsiam --sweep.fractions 0.4 --sweep.seeds 0,1,2
                --sweep.include_full false --method.moco.queue_size 1024"
+  # a proxy trained 4x longer than its students (120 epochs), on a storage of its own:
+  #   STORAGE=outputs/replicate_cifar10_cpu_proxy120 docs/replication/run.sh 7-proxy120
+  [7-proxy120]="--proxy.epochs 120 --sweep.include_full false --sweep.seeds 0,1,2"
 )
 ORDER=(1-decisive 2-forgetting 5-fractions 3-latent 4-strategies 6-methods)
 
