@@ -8,7 +8,7 @@ output file's rows.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -21,7 +21,7 @@ from sas_ray.io import shards, storage
 from sas_ray.io.artifacts import write_table
 
 
-def one_ahead(load: Any, items: Sequence[Any]) -> Iterator[pa.Table]:
+def one_ahead(load: Callable[[Any], pa.Table], items: Sequence[Any]) -> Iterator[pa.Table]:
     """``load(item)`` for each item in order, the next one computed by a thread meanwhile."""
     with ThreadPoolExecutor(1, thread_name_prefix="prepare") as pool:
         future = pool.submit(load, items[0]) if items else None
